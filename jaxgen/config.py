@@ -1,0 +1,46 @@
+"""The config keys every jaxgen config has (as in the Flax examples); families add theirs in `model`."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.family = ''                     # key into jaxgen.families.FAMILIES
+  c.seed = 0
+  c.batch_size = 128                # global, over all devices and processes
+  c.num_train_steps = 10_000
+  c.learning_rate = 1e-3
+  c.log_every_steps = 100
+  c.eval_every_steps = 1_000
+  c.checkpoint_every_steps = 1_000
+  c.sample_every_steps = 1_000
+  c.keep_checkpoints = 3
+  c.num_preview = 64                # samples drawn for samples/step_<N>.png (or .txt)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.dtype = 'float32'         # compute dtype; parameters stay float32
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'fashion_mnist'     # TFDS name, or a text source (see jaxgen.data)
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)    # TFDS data_dir (None: TFDS default)
+  c.data.manual_dir = ml_collections.config_dict.placeholder(str)  # local raw files for offline prepare
+  c.data.pixel_range = (-1.0, 1.0)  # images are scaled to this range
+  c.data.num_workers = 0            # Grain worker processes (0: read in the main process)
+  c.data.prefetch = 2               # batches buffered ahead of the train step
+  c.data.eval_examples = 10_000     # at most this many test examples per evaluation
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adamw'
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.0
+  c.optim.schedule = 'constant'     # constant | cosine (decays to lr * min_lr_ratio)
+  c.optim.warmup_steps = 0
+  c.optim.min_lr_ratio = 0.1
+  c.optim.grad_clip = 0.0           # global-norm clip; 0 disables
+  c.optim.ema_decay = 0.0           # EMA of parameters for sampling/eval; 0 disables
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                  # -1: all devices not used by other axes
+  c.mesh.fsdp = 1
+  return c

@@ -1,0 +1,41 @@
+"""Input pipelines: TFDS data sources read through Grain, one module per kind of data.
+
+Every source module provides three functions, dispatched on `config.data.name`:
+  setup(config, workdir)        make sure the data is prepared (TFDS download, or local files offline) and
+                                fill derived config keys (e.g. image shape, vocab size; tokenizers go in workdir)
+  train_iterator(config, workdir)  infinite, checkpointable Grain iterator of this process's share of each
+                                global batch: dicts of numpy arrays with leading axis batch_size / process_count
+  eval_batches(config, workdir) finite iterable of this process's test batches (same layout)
+
+Batches: images {'image': float32 (B, H, W, C) scaled to config.data.pixel_range, 'label': int32 (B,)};
+text {'tokens': int32 (B, block_size + 1)}.
+"""
+import importlib
+
+from jaxgen.errors import UserError
+
+SOURCES = {
+    'fashion_mnist': 'jaxgen.data.images',
+    'mnist': 'jaxgen.data.images',
+    'cifar10': 'jaxgen.data.images',
+    'tiny_shakespeare': 'jaxgen.data.text',
+    'text_file': 'jaxgen.data.text',
+}
+
+
+def _source(config):
+  if config.data.name not in SOURCES:
+    raise UserError(f'unknown data.name {config.data.name!r}; choose one of {sorted(SOURCES)}')
+  return importlib.import_module(SOURCES[config.data.name])
+
+
+def setup(config, workdir: str) -> None:
+  _source(config).setup(config, workdir)
+
+
+def train_iterator(config, workdir: str):
+  return _source(config).train_iterator(config, workdir)
+
+
+def eval_batches(config, workdir: str):
+  return _source(config).eval_batches(config, workdir)
