@@ -1,0 +1,50 @@
+"""What the command-line entry points share: one-line errors and multi-host start-up."""
+import re
+import sys
+
+import jax
+from absl import app, flags
+
+from jaxgen.errors import UserError
+
+
+def run(main) -> None:
+  """absl's app.run, but bad flags, a config that won't load and UserErrors print one line and exit 2."""
+  try:
+    flags.FLAGS(sys.argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+      flags.FLAGS.config.keys()                 # config_flags loads lazily: surface its errors now
+  except (flags.Error, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+    fail(_last_line(e))
+  try:
+    app.run(main, argv=sys.argv)
+  except UserError as e:
+    fail(str(e))
+
+
+def fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _last_line(e: Exception) -> str:
+  """The most specific line of a (possibly chained, multi-line) error message."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  text = str(e.args[0] if isinstance(e, KeyError) and e.args else e)   # KeyError's str() is a repr
+  typo = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+  if typo:
+    return f'unknown config key {typo.group(2)!r}; did you mean {typo.group(1)!r}?'
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  first = lines[0].strip('"') if lines else ''
+  if isinstance(e, KeyError) or re.fullmatch(r"'[^']+'", first):
+    return f'unknown config key {first}; see the config file for the valid keys'
+  return lines[-1] if lines else type(e).__name__
+
+
+def init_distributed(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+  """jax.distributed.initialize: explicit flags, or automatic on TPU VMs / SLURM; a no-op for one process."""
+  if coordinator:
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+  elif num_processes and num_processes > 1:
+    raise UserError('--num_processes > 1 needs --coordinator HOST:PORT (and --process_id)')

@@ -1,0 +1,87 @@
+"""Orbax checkpoints of (train state, Grain iterator position) and the run's config.json.
+
+DIR/checkpoints/<step>/{state,data}: the state as a sharded pytree (restorable onto any mesh), the data
+iterator through grain.checkpoint. Saves are async and atomic (Orbax writes to a tmp dir and renames).
+"""
+import json
+import os
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from jaxgen.errors import UserError
+
+# Config sub-trees that fix the shapes of a checkpoint: a run may change anything else when resumed.
+STRUCTURAL_KEYS = ('family', 'model')
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, 'config.json')
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = config_path(workdir)
+  if not os.path.exists(path):
+    raise UserError(f'{workdir} has no config.json: not a jaxgen workdir (train one with train.py --workdir)')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _as_plain(config) -> dict:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _flat(d, prefix=''):
+  for k, v in d.items():
+    if isinstance(v, dict):
+      yield from _flat(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}', v
+
+
+def save_config(workdir: str, config) -> None:
+  """Write config.json; refuse if the workdir holds a run whose structural keys differ."""
+  new = _as_plain(config)
+  if os.path.exists(config_path(workdir)):
+    old = _as_plain(load_config(workdir))
+    old_flat, new_flat = dict(_flat(old)), dict(_flat(new))
+    changed = sorted(k for k in old_flat.keys() | new_flat.keys()
+                     if k.split('.')[0] in STRUCTURAL_KEYS and old_flat.get(k) != new_flat.get(k))
+    if changed:
+      diffs = ', '.join(f'{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}' for k in changed[:5])
+      raise UserError(f'{workdir} holds a run of a different model ({diffs}); '
+                      'use a new --workdir or the original config')
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = config_path(workdir) + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(new, f, indent=2)
+    os.replace(tmp, config_path(workdir))
+
+
+def manager(workdir: str, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options,
+                               item_names=('state', 'data'))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
+  """Start an async save of step `step`; Orbax finishes it in the background."""
+  mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
+  """Restore the state (onto the shardings in `abstract_state`) and, if given, the iterator in place."""
+  items = dict(state=ocp.args.StandardRestore(abstract_state))
+  if data_iterator is not None:
+    items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  except (ValueError, KeyError) as e:
+    raise UserError(f'checkpoint {mngr.directory}/{step} does not match this model ({str(e).splitlines()[0]}); '
+                    'use a new --workdir or the config it was trained with') from e
+  return restored.state
