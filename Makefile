@@ -1,0 +1,33 @@
+# make demo: venv + install + data + train the VAE `cpu` preset + write a sample grid.  make test: the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+WORKDIR ?= runs/vae_fashion_mnist
+FMNIST_LOCAL := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test install data clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[prepare,test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# TFDS downloads Fashion-MNIST when online; offline Debian/Ubuntu machines use the packaged copy.
+data: install
+	@if [ ! -d $(FMNIST_LOCAL) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) \
+	  >/dev/null 2>&1 || echo "note: dataset-fashion-mnist not installed; TFDS will download instead"; fi
+
+demo: data
+	$(PY) train.py --config configs/vae_fashion_mnist.py:cpu --workdir $(WORKDIR)
+	$(PY) sample.py --workdir $(WORKDIR) --num 64 --out $(WORKDIR)/samples/demo.png
+	@echo "samples: $(WORKDIR)/samples/demo.png (training grids: $(WORKDIR)/samples/step_*.png)"
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs
