@@ -1,0 +1,165 @@
+"""Image datasets (fashion_mnist, mnist, cifar10): TFDS ArrayRecord files read through Grain.
+
+Process p of n reads the examples [p::n]; its batches hold batch_size // n examples, and the global batch
+is the concatenation over processes. Training order: a fresh permutation per epoch (shuffle, then repeat),
+deterministic in config.seed, with the iterator position checkpointable (get_state / set_state).
+"""
+import importlib.util
+import socket
+import threading
+import urllib.parse
+import urllib.request
+
+from absl import flags
+import grain
+import jax
+import numpy as np
+import requests
+import tensorflow_datasets as tfds
+
+from jaxgen.errors import UserError
+
+_PROBE_TIMEOUT_S = 3.0
+
+
+def setup(config, workdir: str) -> None:
+  """Prepares the dataset as ArrayRecord in data.data_dir if needed; sets data.image_shape, data.num_classes."""
+  del workdir
+  name, data_dir = config.data.name, config.data.data_dir
+  builder = tfds.builder(name, data_dir=data_dir)  # the file format comes from the prepared files, if any
+  if builder.is_prepared():
+    if 'array_record' not in {f.value for f in builder.info.available_file_formats()}:
+      raise UserError(
+          f'{name} is prepared in {builder.data_dir} as {builder.info.file_format.value}, but Grain reads '
+          f'array_record: run `tfds convert_format --dataset_dir={builder.data_dir} --out_file_format=array_record`'
+          f' or use another --config.data.data_dir')
+  else:
+    _prepare(config, builder)
+  features = builder.info.features
+  with config.unlocked():
+    config.data.image_shape = tuple(features['image'].shape)  # (H, W, C)
+    config.data.num_classes = features['label'].num_classes
+
+
+def _prepare(config, builder) -> None:
+  """TFDS download and prepare; offline, Fashion-MNIST from the local Debian files."""
+  name = config.data.name
+  if importlib.util.find_spec('tensorflow') is None:  # TFDS writes its example protos with TensorFlow
+    raise UserError(f"preparing {name} needs TensorFlow: pip install 'jaxgen[prepare]' "
+                    '(or point --config.data.data_dir at a prepared copy)')
+  if _online(builder):
+    try:
+      builder.download_and_prepare(file_format='array_record')
+      return
+    except (requests.ConnectionError, requests.Timeout):
+      pass  # no network after all: fall back to local files
+  from jaxgen.data import local_fashion_mnist
+  manual_dir = config.data.manual_dir or local_fashion_mnist.DEFAULT_MANUAL_DIR
+  if name == 'fashion_mnist' and local_fashion_mnist.has_files(manual_dir):
+    print(f'jaxgen: no network; preparing fashion_mnist from the local files in {manual_dir}')
+    local_fashion_mnist.prepare(config.data.data_dir, manual_dir)
+    return
+  offline = (f'offline, `apt-get install dataset-fashion-mnist` or --config.data.manual_dir=DIR holding '
+             f'{", ".join(local_fashion_mnist.FILES["train"] + local_fashion_mnist.FILES["test"])}'
+             if name == 'fashion_mnist' else
+             f'offline, run `tfds build {name} --file_format=array_record` where there is network and copy '
+             f'its data dir here (--config.data.data_dir=DIR)')
+  raise UserError(f'{name} is not prepared in {builder.data_dir_root} and cannot be downloaded (no network): '
+                  f'connect to the internet and rerun, or {offline}')
+
+
+def _online(builder) -> bool:
+  """Whether every host the builder downloads from (through a proxy if one is set) accepts a TCP connection."""
+  proxies = urllib.request.getproxies()
+  hosts = set()
+  for url in builder.url_infos or ():
+    url = urllib.parse.urlsplit(proxies.get(urllib.parse.urlsplit(url).scheme, url))
+    hosts.add((url.hostname, url.port or (443 if url.scheme == 'https' else 80)))
+  return all(_reachable(*host) for host in hosts)
+
+
+def _reachable(host: str, port: int) -> bool:
+  """A connect in a thread, so that a slow DNS lookup (which ignores socket timeouts) is bounded too."""
+  ok = []
+
+  def connect():
+    try:
+      socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S).close()
+      ok.append(True)
+    except OSError:
+      pass
+
+  thread = threading.Thread(target=connect, daemon=True)
+  thread.start()
+  thread.join(_PROBE_TIMEOUT_S)
+  return bool(ok)
+
+
+class ReadBatch(grain.transforms.Map):
+  """Indices (B,) -> one batched read of those examples from a TFDS data source, decoded and stacked:
+  {'image': float32 (B, H, W, C) = lo + x / 255 * (hi - lo) for uint8 pixels x, 'label': int32 (B,)}."""
+
+  def __init__(self, source, pixel_range):
+    self.source = source
+    lo, hi = pixel_range
+    self.table = (lo + np.arange(256) / 255 * (hi - lo)).astype(np.float32)  # rounded once, from float64
+
+  def map(self, indices):
+    keys = indices.tolist()
+    try:
+      examples = self.source.__getitems__(keys)  # one ArrayRecord read for the batch: ~10x faster than one by one
+    except TypeError:  # a source without a working batched read, e.g. tfds.testing.mock_data's
+      examples = [self.source[k] for k in keys]
+    image = np.stack([e['image'] for e in examples])  # uint8 (B, H, W, C)
+    label = np.array([e['label'] for e in examples], np.int32)
+    return {'image': self.table[image], 'label': label}
+
+
+def _source(config, split: str):
+  """The TFDS split, random access: source[i] = {'image': uint8 (H, W, C), 'label': int64}."""
+  return tfds.data_source(config.data.name, split=split, data_dir=config.data.data_dir, download=False)
+
+
+def _process_batch_size(config) -> int:
+  if config.batch_size % jax.process_count():
+    raise UserError(f'batch_size {config.batch_size} must be a multiple of the number of processes '
+                    f'({jax.process_count()})')
+  return config.batch_size // jax.process_count()
+
+
+def _read_options(config) -> grain.ReadOptions:
+  # One thread per buffered batch (per worker process when data.num_workers > 0); 0: read when asked.
+  return grain.ReadOptions(num_threads=config.data.prefetch, prefetch_buffer_size=config.data.prefetch)
+
+
+def train_iterator(config, workdir: str) -> grain.DatasetIterator:
+  """Endless, checkpointable iterator of this process's batches; every epoch is a new permutation.
+
+  Shuffling, repeating and batching act on example indices (a random-access MapDataset, so the iterator
+  state is just a position); each batch of indices is then read and decoded in one call.
+  """
+  del workdir
+  source = _source(config, 'train')
+  ds = grain.MapDataset.range(len(source))[jax.process_index()::jax.process_count()]
+  ds = ds.shuffle(seed=config.seed).repeat(None)  # the shuffle is reseeded with the epoch
+  ds = ds.batch(_process_batch_size(config), drop_remainder=True).map(ReadBatch(source, config.data.pixel_range))
+  ds = ds.to_iter_dataset(_read_options(config))
+  if config.data.num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; outside absl.app use their defaults
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.data.num_workers, per_worker_buffer_size=max(config.data.prefetch, 1)))
+  return iter(ds)
+
+
+def eval_batches(config, workdir: str) -> grain.IterDataset:
+  """This process's share of the first test examples, in order: the same number of batches on every process."""
+  del workdir
+  source = _source(config, 'test')
+  num_batches = min(config.data.eval_examples, len(source)) // config.batch_size
+  if num_batches == 0:
+    raise UserError(f'evaluation needs at least one batch of {config.batch_size} test examples, but '
+                    f'data.eval_examples is {config.data.eval_examples} (test split: {len(source)}): raise it')
+  ds = grain.MapDataset.range(num_batches * config.batch_size)[jax.process_index()::jax.process_count()]
+  ds = ds.batch(_process_batch_size(config), drop_remainder=True).map(ReadBatch(source, config.data.pixel_range))
+  return ds.to_iter_dataset(_read_options(config))

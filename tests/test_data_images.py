@@ -1,0 +1,241 @@
+"""Image input pipeline: pixel scaling, epochs, determinism, process shards, checkpointed position, setup.
+
+The pipeline reads `tfds.data_source` under `tfds.testing.mock_data`, with a synthetic source whose example i
+is identifiable (label i) and whose pixels cover all 256 uint8 values. (mock_data's default source cannot be
+used here: its `__getitems__` is not bound in tfds 4.9.10, and the pixel values must be known.)
+"""
+import gzip
+import struct
+import sys
+import time
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import requests
+import tensorflow_datasets as tfds
+
+from jaxgen.config import base_config
+from jaxgen.data import images, local_fashion_mnist
+from jaxgen.errors import UserError
+
+NUM_TRAIN, NUM_TEST = 40, 30
+
+
+def _image(i):
+  return ((np.arange(28 * 28) + 7 * i) % 256).astype(np.uint8).reshape(28, 28, 1)  # every value 0..255
+
+
+class Synthetic:
+  """A TFDS-like random-access source: example i = {'image': _image(i), 'label': i}."""
+
+  def __init__(self, n, offset=0):
+    self.n, self.offset = n, offset
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    i = self.offset + int(i)
+    return {'image': _image(i), 'label': np.int64(i)}
+
+  def __getitems__(self, keys):
+    return [self[k] for k in keys]
+
+
+def _as_data_source(builder, split, **kwargs):
+  del builder, kwargs
+  return Synthetic(NUM_TRAIN) if split == 'train' else Synthetic(NUM_TEST, offset=1000)
+
+
+@pytest.fixture
+def config(tmp_path):
+  c = base_config()
+  c.batch_size = 8
+  c.data.data_dir = str(tmp_path / 'tfds')
+  c.data.eval_examples = 30
+  with tfds.testing.mock_data(as_data_source_fn=_as_data_source):
+    yield c
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _labels(batches):
+  return np.concatenate([b['label'] for b in batches])
+
+
+@pytest.mark.parametrize('pixel_range', [(-1.0, 1.0), (0.0, 1.0)])
+def test_pixels_scale_exactly_to_pixel_range(config, pixel_range):
+  config.data.pixel_range = pixel_range
+  lo, hi = pixel_range
+  batch = next(images.train_iterator(config, ''))
+  assert batch['image'].shape == (8, 28, 28, 1) and batch['image'].dtype == np.float32
+  assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
+  for image, label in zip(batch['image'], batch['label']):
+    raw = _image(label).astype(np.float64)
+    np.testing.assert_array_equal(image, np.float32(lo + raw / 255 * (hi - lo)))  # float64 math, rounded once
+    assert image[raw == 0].min() == lo and image[raw == 255].max() == hi
+
+
+def test_each_epoch_is_a_new_permutation(config):
+  it = images.train_iterator(config, '')
+  per_epoch = NUM_TRAIN // 8
+  epoch1, epoch2 = _labels(_take(it, per_epoch)), _labels(_take(it, per_epoch))
+  assert sorted(epoch1) == sorted(epoch2) == list(range(NUM_TRAIN))
+  assert not np.array_equal(epoch1, epoch2) and not np.array_equal(epoch1, np.arange(NUM_TRAIN))
+
+
+def test_order_is_a_function_of_the_seed(config):
+  first = _labels(_take(images.train_iterator(config, ''), 10))
+  np.testing.assert_array_equal(first, _labels(_take(images.train_iterator(config, ''), 10)))
+  config.seed = 1
+  assert not np.array_equal(first, _labels(_take(images.train_iterator(config, ''), 10)))
+
+
+def _as_process(monkeypatch, index, count):
+  monkeypatch.setattr(jax, 'process_index', lambda: index)
+  monkeypatch.setattr(jax, 'process_count', lambda: count)
+
+
+def test_processes_read_disjoint_shares_that_cover_the_data(config, monkeypatch):
+  shares, evals = [], []
+  for index in range(2):
+    _as_process(monkeypatch, index, 2)
+    batches = _take(images.train_iterator(config, ''), NUM_TRAIN // 8)  # one epoch of 4-example batches
+    assert all(b['label'].shape == (4,) for b in batches)
+    shares.append(set(_labels(batches)))
+    evals.append(_labels(images.eval_batches(config, '')))
+  assert len(shares[0]) == len(shares[1]) == NUM_TRAIN // 2
+  assert shares[0].isdisjoint(shares[1]) and shares[0] | shares[1] == set(range(NUM_TRAIN))
+  # eval: 30 examples -> 3 global batches of 8 -> 12 examples on each process, the first 24 in all
+  assert len(evals[0]) == len(evals[1]) == 12
+  assert sorted(np.concatenate(evals)) == list(range(1000, 1024))
+
+
+def test_eval_batches_are_the_first_test_examples_in_order_and_reiterable(config):
+  ds = images.eval_batches(config, '')
+  batches = list(ds)
+  assert [b['label'].shape for b in batches] == [(8,)] * 3  # 30 // 8 batches, remainder dropped
+  np.testing.assert_array_equal(_labels(batches), np.arange(1000, 1024))
+  np.testing.assert_array_equal(_labels(ds), _labels(batches))
+  config.data.eval_examples = 7
+  with pytest.raises(UserError, match='eval_examples'):
+    images.eval_batches(config, '')
+
+
+def test_iterator_state_restores_the_exact_position(config):
+  it = images.train_iterator(config, '')
+  _take(it, 7)  # into the second epoch
+  state = it.get_state()
+  expected = _labels(_take(it, 6))
+  fresh = images.train_iterator(config, '')
+  fresh.set_state(state)
+  np.testing.assert_array_equal(_labels(_take(fresh, 6)), expected)
+
+
+def test_orbax_checkpoint_restores_the_iterator_mid_epoch(config, tmp_path):
+  it = images.train_iterator(config, '')
+  _take(it, 3)
+  with ocp.CheckpointManager(tmp_path / 'ckpt') as manager:
+    manager.save(3, args=ocp.args.Composite(
+        params=ocp.args.StandardSave({'w': np.arange(3.0)}), data=grain.checkpoint.CheckpointSave(it)))
+    manager.wait_until_finished()
+  expected = _take(it, 4)
+  fresh = images.train_iterator(config, '')
+  with ocp.CheckpointManager(tmp_path / 'ckpt') as manager:
+    restored = manager.restore(3, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(), data=grain.checkpoint.CheckpointRestore(fresh)))
+  np.testing.assert_array_equal(restored['params']['w'], np.arange(3.0))
+  for got, want in zip(_take(restored['data'], 4), expected):
+    np.testing.assert_array_equal(got['label'], want['label'])
+    np.testing.assert_array_equal(got['image'], want['image'])
+
+
+def _offline(monkeypatch):
+  """No network: connects fail at once, and a TFDS download would fail the test."""
+  probes = []
+
+  def refuse(address, timeout):
+    probes.append(address)
+    raise OSError('network is unreachable')
+
+  def no_download(*args, **kwargs):
+    raise AssertionError('setup tried to download although the network is down')
+
+  monkeypatch.setattr(images.socket, 'create_connection', refuse)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', no_download)
+  return probes
+
+
+@pytest.mark.parametrize('failure', ['probe', 'download'])
+def test_setup_offline_without_local_files_is_a_one_line_user_error(tmp_path, monkeypatch, failure):
+  config = base_config()
+  config.data.data_dir, config.data.manual_dir = str(tmp_path / 'tfds'), str(tmp_path / 'empty')
+  if failure == 'probe':
+    probes = _offline(monkeypatch)
+  else:  # the hosts answer, then the download itself fails
+    probes = []
+    monkeypatch.setattr(images, '_reachable', lambda host, port: probes.append(host) or True)
+
+    def fail(*args, **kwargs):
+      raise requests.ConnectionError('Max retries exceeded')
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', fail)
+  start = time.perf_counter()
+  with pytest.raises(UserError) as error:
+    images.setup(config, str(tmp_path))
+  assert time.perf_counter() - start < 5 and probes
+  message = str(error.value)
+  assert '\n' not in message and 'fashion_mnist is not prepared' in message
+  assert 'apt-get install dataset-fashion-mnist' in message and '--config.data.manual_dir=' in message
+
+
+def test_setup_without_tensorflow_asks_for_the_prepare_extra(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'tensorflow', None)  # find_spec('tensorflow') -> None
+  config = base_config()
+  config.data.data_dir = str(tmp_path / 'tfds')
+  with pytest.raises(UserError, match=r"pip install 'jaxgen\[prepare\]'"):
+    images.setup(config, str(tmp_path))
+
+
+def _write_idx(path, array):
+  """idx format: big-endian uint32 magic (0x08 = uint8, then the number of dims), the dims, then the bytes."""
+  header = struct.pack(f'>I{array.ndim}I', 0x0800 | array.ndim, *array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.tobytes())
+
+
+def test_offline_setup_prepares_local_fashion_mnist_readable_by_tfds_data_source(tmp_path, monkeypatch, capsys):
+  rng = np.random.default_rng(0)
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  data = {}
+  for split, n in [('train', 12), ('test', 6)]:
+    data[split] = rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n, np.uint8)
+    for name, array in zip(local_fashion_mnist.FILES[split], data[split]):
+      _write_idx(manual / name, array)
+  config = base_config()
+  config.batch_size = 4
+  config.data.data_dir, config.data.manual_dir = str(tmp_path / 'tfds'), str(manual)
+  monkeypatch.setattr(images.socket, 'create_connection', lambda *a, **k: (_ for _ in ()).throw(OSError()))
+
+  images.setup(config, str(tmp_path))
+  out = capsys.readouterr().out  # our one line, then TFDS's progress
+  assert out.startswith(f'jaxgen: no network; preparing fashion_mnist from the local files in {manual}\n')
+  assert config.data.image_shape == (28, 28, 1) and config.data.num_classes == 10
+  builder = tfds.builder('fashion_mnist', data_dir=config.data.data_dir)
+  assert str(builder.version) == '3.0.1' and builder.data_dir.endswith('fashion_mnist/3.0.1')
+  for split, (pixels, labels) in data.items():
+    source = tfds.data_source('fashion_mnist', split=split, data_dir=config.data.data_dir, download=False)
+    read = sorted((e['image'].tobytes(), int(e['label'])) for e in source)  # TFDS stores examples shuffled
+    assert read == sorted(zip((p[..., None].tobytes() for p in pixels), labels.tolist()))
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
+                      lambda *a, **k: pytest.fail('prepared twice'))
+  images.setup(config, str(tmp_path))  # already prepared: nothing to do
+  batch = next(images.train_iterator(config, ''))
+  assert batch['image'].shape == (4, 28, 28, 1) and batch['image'].min() >= -1 and batch['image'].max() <= 1
