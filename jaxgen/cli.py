@@ -11,13 +11,13 @@ from jaxgen.errors import UserError
 def run(main) -> None:
   """absl's app.run, but bad flags, a config that won't load and UserErrors print one line and exit 2."""
   try:
-    flags.FLAGS(sys.argv)
+    argv = flags.FLAGS(sys.argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
       flags.FLAGS.config.keys()                 # config_flags loads lazily: surface its errors now
   except (flags.Error, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
     fail(_last_line(e))
   try:
-    app.run(main, argv=sys.argv)
+    app.run(main, argv=sys.argv, flags_parser=lambda _: argv)   # flags are parsed once, above
   except UserError as e:
     fail(str(e))
 

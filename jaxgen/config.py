@@ -15,6 +15,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample_every_steps = 1_000
   c.keep_checkpoints = 3
   c.num_preview = 64                # samples drawn for samples/step_<N>.png (or .txt)
+  c.skip_nonfinite = False          # True: skip steps with non-finite loss/gradients instead of stopping
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = 'float32'         # compute dtype; parameters stay float32

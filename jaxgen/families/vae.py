@@ -117,7 +117,7 @@ def build(config, workdir: str) -> Family:
     params = optax.apply_updates(state.params, updates)
     ema = optim.ema_update(state.ema_params, params, config.optim.ema_decay) if use_ema else None
     metrics = dict(loss=loss, recon_nll=nll.mean(), kl=kl.mean(), neg_elbo=(nll + kl).mean(),
-                   grad_norm=optax.global_norm(grads))
+                   grad_norm=optax.tree.norm(grads))
     return State(state.step + 1, params, opt_state, ema), metrics
 
   def eval_step(state, batch, rng):

@@ -5,6 +5,7 @@ iterator through grain.checkpoint. Saves are async and atomic (Orbax writes to a
 """
 import json
 import os
+import sys
 
 import grain
 import jax
@@ -82,6 +83,37 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterato
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
   except (ValueError, KeyError) as e:
-    raise UserError(f'checkpoint {mngr.directory}/{step} does not match this model ({str(e).splitlines()[0]}); '
+    raise UserError(f'checkpoint {mngr.directory}/{step} does not match this model ({_first_line(e)}); '
                     'use a new --workdir or the config it was trained with') from e
   return restored.state
+
+
+def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, data_iterator):
+  """(step, state) from the newest checkpoint that restores; unreadable newer ones are renamed aside.
+
+  A checkpoint cut off mid-write never appears (Orbax renames a finished save into place); one damaged
+  later (truncated, deleted files) fails to restore: it is moved to `<step>.corrupt` with a warning and
+  the previous one is used. If none restores, the newest error is raised as a UserError.
+  """
+  first_error = None
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      state = restore(mngr, step, abstract_state, data_iterator)
+    except Exception as e:  # pylint: disable=broad-except  (any failure to read means: try an older one)
+      first_error = first_error or e
+      continue
+    for bad in (s for s in mngr.all_steps() if s > step):
+      aside = os.path.join(mngr.directory, f'{bad}.corrupt')
+      os.replace(os.path.join(mngr.directory, str(bad)), aside)
+      print(f'warning: checkpoint {bad} could not be restored ({_first_line(first_error)}); '
+            f'moved it to {aside} and resumed from {step}', file=sys.stderr)
+    mngr.reload()
+    return step, state
+  if isinstance(first_error, UserError):
+    raise first_error
+  raise UserError(f'no checkpoint in {mngr.directory} can be restored ({_first_line(first_error)}); '
+                  'use a new --workdir') from first_error
+
+
+def _first_line(e: Exception) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

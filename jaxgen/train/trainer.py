@@ -9,6 +9,7 @@ import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -16,6 +17,10 @@ from jaxgen import data, families
 from jaxgen.errors import UserError
 from jaxgen.train import checkpointing, sharding
 from jaxgen.train.writers import RunWriter
+
+
+class Stopped(UserError):
+  """Training stopped early on request (SIGTERM/SIGINT) after saving a checkpoint."""
 
 
 def run_keys(seed: int) -> dict[str, jax.Array]:
@@ -37,8 +42,23 @@ def create_state(family: families.Family, mesh, seed: int):
   return state, shardings
 
 
-def jit_train_step(family: families.Family, state_shardings, mesh):
-  return jax.jit(family.train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), None),
+def all_finite(tree) -> jax.Array:
+  """True iff every floating-point leaf of `tree` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def jit_train_step(family: families.Family, state_shardings, mesh, skip_nonfinite: bool = False):
+  """The family's step, jitted on the mesh. With skip_nonfinite, a step whose metrics or new state are not
+  finite leaves the state unchanged and reports skipped=1."""
+  step_fn = family.train_step
+  if skip_nonfinite:
+    def step_fn(state, batch, rng):
+      new_state, metrics = family.train_step(state, batch, rng)
+      ok = all_finite(metrics) & all_finite(new_state)
+      new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+      return new_state, {**metrics, 'skipped': 1.0 - ok.astype(jnp.float32)}
+  return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh), None),
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
@@ -60,8 +80,8 @@ def evaluate(eval_step, state, config, workdir, mesh, key) -> dict[str, float]:
   return {f'eval/{k}': float(v) / n for k, v in jax.device_get(totals).items()}
 
 
-class _StopRequest:
-  """First SIGTERM/SIGINT: finish the step, checkpoint, exit. Second: the default behaviour (exit now)."""
+class StopRequest:
+  """First SIGTERM/SIGINT: finish the step, checkpoint, exit. A second one: the default behaviour (exit now)."""
 
   def __init__(self):
     self.signal = None
@@ -73,6 +93,7 @@ class _StopRequest:
     return self
 
   def _handle(self, sig, frame):
+    del frame
     self.signal = sig
     signal.signal(sig, self._previous[sig])
 
@@ -81,16 +102,40 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
+def check_finite(step: int, metrics: dict[str, float]) -> None:
   bad = [k for k, v in metrics.items() if not np.isfinite(v)]
   if bad:
-    raise UserError(f'non-finite {bad[0]}={metrics[bad[0]]} at step {step}; stopped without saving '
-                    '(the last checkpoint is intact): lower --config.learning_rate or set --config.optim.grad_clip')
+    raise UserError(f'non-finite {bad[0]}={metrics[bad[0]]} at step {step}; stopped without saving (the last '
+                    'checkpoint is intact): lower --config.learning_rate, set --config.optim.grad_clip, or '
+                    '--config.skip_nonfinite=True')
+
+
+class _Throughput:
+  """Steps/s and examples/s between log points, with compilation (the run's first step) left out."""
+
+  def __init__(self, step: int, batch_size: int):
+    self.batch_size, self.step, self.time, self.warm = batch_size, step, None, False
+
+  def started(self, step: int, metrics) -> None:
+    if not self.warm:
+      jax.block_until_ready(metrics)
+      self.step, self.time, self.warm = step, time.perf_counter(), True
+
+  def rates(self, step: int) -> dict[str, float]:
+    now = time.perf_counter()
+    rates = {}
+    if self.time is not None and step > self.step:
+      steps_per_sec = (step - self.step) / (now - self.time)
+      rates = dict(steps_per_sec=steps_per_sec, examples_per_sec=steps_per_sec * self.batch_size)
+    self.step, self.time = step, now
+    return rates
 
 
 def train_and_evaluate(config, workdir: str):
-  """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final state."""
+  """Train `config` in `workdir`, resuming from its newest intact checkpoint; returns the final state."""
   workdir = os.path.abspath(workdir)
+  if config.keep_checkpoints < 1:
+    raise UserError(f'keep_checkpoints={config.keep_checkpoints} would keep no checkpoint; use 1 or more')
   data.setup(config, workdir)                       # may fill derived keys (image shape, vocab size)
   checkpointing.save_config(workdir, config)
   family = families.build(config, workdir)
@@ -101,62 +146,60 @@ def train_and_evaluate(config, workdir: str):
   state, state_shardings = create_state(family, mesh, config.seed)
   train_iter = data.train_iterator(config, workdir)
   mngr = checkpointing.manager(workdir, keep=config.keep_checkpoints)
-  step = mngr.latest_step() or 0
-  if step:
-    state = checkpointing.restore(mngr, step, abstract_state(family, mesh, config.seed), train_iter)
+  step = 0
+  if mngr.latest_step() is not None:
+    step, state = checkpointing.restore_newest_intact(mngr, abstract_state(family, mesh, config.seed), train_iter)
     print(f'resumed from {workdir}/checkpoints/{step}')
   if step >= config.num_train_steps:
     print(f'{workdir} is already trained to step {step} (num_train_steps={config.num_train_steps})')
     return state
 
-  train_step = jit_train_step(family, state_shardings, mesh)
+  train_step = jit_train_step(family, state_shardings, mesh, config.skip_nonfinite)
   eval_step = jit_eval_step(family, state_shardings, mesh)
   bsharding = sharding.batch_sharding(mesh)
+  state_is_finite = jax.jit(all_finite)
   writer = RunWriter(workdir)
-  pending, last_log_step, last_log_time, first_step_of_run = [], step, time.perf_counter(), True
+  throughput = _Throughput(step, config.batch_size)
+  pending = []                                      # metrics (on device) since the last log
   bar = tqdm(initial=step, total=config.num_train_steps, disable=jax.process_index() != 0,
              dynamic_ncols=True, mininterval=1.0, unit='step')
   try:
-    with _StopRequest() as stop:
-      while step < config.num_train_steps:
+    with StopRequest() as stop:
+      while step < config.num_train_steps and stop.signal is None:
         batch = sharding.global_batch(next(train_iter), bsharding)
         state, metrics = train_step(state, batch, jax.random.fold_in(keys['train'], step))
         step += 1
         bar.update(1)
-        if first_step_of_run:                      # keep compilation out of the throughput figures
-          jax.block_until_ready(metrics)
-          last_log_step, last_log_time, first_step_of_run = step, time.perf_counter(), False
-        else:
-          pending.append(metrics)
-        is_last = step == config.num_train_steps
-        stopping = stop.signal is not None
+        throughput.started(step, metrics)
+        pending.append(metrics)
+        done = step == config.num_train_steps or stop.signal is not None
 
-        if step % config.log_every_steps == 0 or is_last or stopping:
-          means = {k: float(v) for k, v in jax.device_get(jax.tree.map(lambda *xs: np.mean(xs), *(pending or [metrics]))).items()}
-          _check_finite(step, means)
-          if step > last_log_step:
-            steps_per_sec = (step - last_log_step) / (time.perf_counter() - last_log_time)
-            means.update(steps_per_sec=steps_per_sec, examples_per_sec=steps_per_sec * config.batch_size)
+        if step % config.log_every_steps == 0 or done:
+          means = jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending))
+          means = {k: float(v) for k, v in means.items()}
+          check_finite(step, means)
+          means.update(throughput.rates(step))
           writer.scalars(step, means)
-          bar.set_postfix(loss=f"{means['loss']:.4f}", ex_per_s=f'{means.get("examples_per_sec", 0):.0f}')
-          pending, last_log_step, last_log_time = [], step, time.perf_counter()
-        if step % config.eval_every_steps == 0 or is_last:
+          bar.set_postfix(loss=f"{means['loss']:.4f}", ex_per_s=f"{means.get('examples_per_sec', 0):.0f}")
+          pending = []
+        if step % config.eval_every_steps == 0 or step == config.num_train_steps:
           eval_metrics = evaluate(eval_step, state, config, workdir, mesh, jax.random.fold_in(keys['eval'], step))
           writer.scalars(step, eval_metrics)
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
-        if step % config.sample_every_steps == 0 or is_last:
-          writer.samples(step, family.preview(state, batch, jax.random.fold_in(keys['sample'], step)))
-        if step % config.checkpoint_every_steps == 0 or is_last or stopping:
-          _check_finite(step, {'loss': float(metrics['loss'])})
+        if step % config.sample_every_steps == 0 or step == config.num_train_steps:
+          path = writer.samples(step, family.preview(state, batch, jax.random.fold_in(keys['sample'], step)))
+          if path:
+            bar.write(f'step {step}: samples in {path}')
+        if step % config.checkpoint_every_steps == 0 or done:
+          if not state_is_finite(state):            # never save a state that went non-finite
+            check_finite(step, {'state': float('nan')})
           checkpointing.save(mngr, step, state, train_iter)
-        if stopping:
-          break
   finally:
-    mngr.wait_until_finished()      # an in-flight save of a good state completes even on errors
+    mngr.wait_until_finished()      # an in-flight save of a good state completes even when stopping on errors
     mngr.close()
     bar.close()
     writer.close()
   if stop.signal is not None:
-    raise UserError(f'stopped by {signal.Signals(stop.signal).name} after step {step}; checkpoint saved. '
-                    'Run the same command again to resume')
+    raise Stopped(f'stopped by {signal.Signals(stop.signal).name} at step {step} with a checkpoint saved; '
+                  'run the same command again to resume')
   return state

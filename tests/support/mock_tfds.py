@@ -1,0 +1,47 @@
+"""TFDS mocked with small deterministic image datasets (no files, no network) for tests and CLI runs.
+
+    with mock_images(): ...                                    # in-process
+    python tests/support/mock_tfds.py train.py --config ...    # a CLI under the same mock
+"""
+import contextlib
+import runpy
+import sys
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+NUM_EXAMPLES = {'train': 64, 'test': 32}
+
+
+class SyntheticImages:
+  """Random-access source: example i of a split is a fixed pseudo-random uint8 image and label i % 10."""
+
+  def __init__(self, split: str, shape):
+    self.n, self.shape, self.salt = NUM_EXAMPLES[split], tuple(shape), 0 if split == 'train' else 10**6
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    rng = np.random.default_rng(self.salt + int(i))
+    return {'image': rng.integers(0, 256, self.shape, dtype=np.uint8), 'label': np.int64(int(i) % 10)}
+
+  def __getitems__(self, keys):
+    return [self[k] for k in keys]
+
+
+def _as_data_source(builder, split, **kwargs):
+  del kwargs
+  return SyntheticImages(str(split), builder.info.features['image'].shape)
+
+
+@contextlib.contextmanager
+def mock_images():
+  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, as_data_source_fn=_as_data_source):
+    yield
+
+
+if __name__ == '__main__':
+  script, sys.argv = sys.argv[1], sys.argv[1:]
+  with mock_images():
+    runpy.run_path(script, run_name='__main__')
