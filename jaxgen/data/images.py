@@ -157,9 +157,6 @@ def eval_batches(config, workdir: str) -> grain.IterDataset:
   del workdir
   source = _source(config, 'test')
   num_batches = min(config.data.eval_examples, len(source)) // config.batch_size
-  if num_batches == 0:
-    raise UserError(f'evaluation needs at least one batch of {config.batch_size} test examples, but '
-                    f'data.eval_examples is {config.data.eval_examples} (test split: {len(source)}): raise it')
   ds = grain.MapDataset.range(num_batches * config.batch_size)[jax.process_index()::jax.process_count()]
   ds = ds.batch(_process_batch_size(config), drop_remainder=True).map(ReadBatch(source, config.data.pixel_range))
   return ds.to_iter_dataset(_read_options(config))
