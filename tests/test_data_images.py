@@ -265,3 +265,13 @@ def test_setup_rejects_a_dataset_prepared_as_tfrecord(tmp_path):
   config.data.data_dir = str(tmp_path / 'tfds')
   with pytest.raises(UserError, match='prepared in .* as tfrecord.*tfds convert_format'):
     images.setup(config, str(tmp_path))
+
+
+def test_pipeline_runs_on_mock_datas_default_source(tmp_path):
+  """mock_data's own source (used by the trainer tests) has no working batched read: examples are read one by one."""
+  config = base_config()
+  config.batch_size, config.data.data_dir = 8, str(tmp_path / 'tfds')
+  with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    batch = next(images.train_iterator(config, ''))
+  assert batch['image'].shape == (8, 28, 28, 1) and batch['image'].dtype == np.float32
+  assert -1 <= batch['image'].min() and batch['image'].max() <= 1 and batch['label'].dtype == np.int32
