@@ -1,0 +1,322 @@
+"""Benchmarks: python -m jaxgen.bench --config configs/<name>.py[:preset] [--steps N] [--sampler] [--data].
+
+Training and sampling run on synthetic batches of the config's shapes (no dataset needed); --data times
+the real input pipeline alone, so a user sees whether input or compute bounds training. Prints one JSON
+line per measurement, then a table. Keys (stable; null where the backend or family has no such figure):
+
+  every line   bench ('train_step' | 'sampler' | 'data'), config, family, platform, device_kind, num_devices
+  train_step   batch_size, compile_s (lower + compile), steps, step_ms_median, step_ms_p10, step_ms_p90,
+               examples_per_s, tokens_per_s (GPT: batch_size * block_size per step), num_params,
+               flops_per_step (XLA cost analysis of the compiled step, all devices), flops_per_s,
+               peak_flops_per_s (bf16 dense peak of the devices), mfu = flops_per_s / peak_flops_per_s,
+               flops_per_step_6nt and mfu_6nt (GPT: 6 N T with N the non-embedding parameters), peak_memory_bytes
+  sampler      sampler ('prior' | 'ddim' | 'ancestral' | 'kv_cache' | 'no_kv_cache'), steps (diffusion),
+               num, first_call_s (compile + one call), call_ms_median, images_per_s (image families);
+               GPT: prompt_tokens, new_tokens, prefill_tokens_per_s, decode_tokens_per_s
+  data         batch_size, batches, batch_ms_median, examples_per_s, tokens_per_s (GPT)
+
+Notes. XLA counts a loop body once, so for GPT with grad_accum_steps = A the count is that of one
+micro-batch step times A. 6 N T leaves out the attention scores (12 L C T per token) and the tied
+output projection (6 C V per token), which the XLA count includes. MFU is against the bf16 dense peak
+whatever the compute dtype; there is none for CPUs.
+"""
+import inspect
+import json
+import math
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxgen import cli, data, families
+from jaxgen.errors import UserError
+from jaxgen.train import sharding, trainer
+
+config_flags.DEFINE_config_file('config', None, 'configs/<name>.py[:preset]', lock_config=True)
+flags.DEFINE_integer('steps', 20, 'timed train steps (and data batches)')
+flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
+flags.DEFINE_bool('train', True, 'benchmark the train step (--notrain to skip)')
+flags.DEFINE_bool('sampler', False, 'benchmark the sampler')
+flags.DEFINE_bool('data', False, 'benchmark the input pipeline (prepares the dataset if needed)')
+flags.DEFINE_integer('repeats', 3, 'timed sampler calls per measurement')
+flags.DEFINE_integer('num', None, 'samples per sampler call (default 64 images, 8 GPT sequences)')
+flags.DEFINE_integer('ddim_steps', 50, 'diffusion: DDIM steps')
+flags.DEFINE_integer('ancestral_num', 8, 'diffusion: samples per ancestral call (all training timesteps)')
+flags.DEFINE_integer('prompt_tokens', None, 'GPT: prompt length (default block_size // 2)')
+flags.DEFINE_integer('new_tokens', None, 'GPT: generated tokens (default block_size - prompt_tokens)')
+flags.mark_flag_as_required('config')
+FLAGS = flags.FLAGS
+
+# bf16 dense peak FLOP/s per device, by a substring of device_kind (first match wins)
+PEAK_FLOPS = (
+    ('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12),
+    ('v5 lite', 197e12), ('v5e', 197e12), ('v5p', 459e12), ('TPU v5', 459e12),
+    ('v6 lite', 918e12), ('v6e', 918e12), ('TPU v4', 275e12),
+)
+
+
+def peak_flops_per_device(device) -> float | None:
+  if device.platform == 'cpu':
+    return None
+  return next((peak for name, peak in PEAK_FLOPS if name in device.device_kind), None)
+
+
+def device_info() -> dict:
+  d = jax.devices()[0]
+  return dict(platform=d.platform, device_kind=d.device_kind, num_devices=jax.device_count())
+
+
+def peak_memory_bytes() -> int | None:
+  """Largest peak_bytes_in_use over the local devices; None where the backend keeps no statistics (CPU)."""
+  stats = [d.memory_stats() for d in jax.local_devices()]
+  peaks = [s['peak_bytes_in_use'] for s in stats if s and 'peak_bytes_in_use' in s]
+  return max(peaks) if peaks else None
+
+
+def percentiles_ms(seconds) -> dict:
+  p10, p50, p90 = np.percentile(np.asarray(seconds) * 1e3, [10, 50, 90])
+  return dict(median=float(p50), p10=float(p10), p90=float(p90))
+
+
+def synthetic_batch(config, rng: np.random.Generator) -> dict:
+  """This process's share of a batch of the config's shapes: random pixels/labels or tokens."""
+  n = config.batch_size // jax.process_count()
+  if config.family == 'gpt':
+    return {'tokens': rng.integers(0, config.model.vocab_size, (n, config.model.block_size + 1), np.int32)}
+  if 'image_shape' not in config.data:
+    raise UserError(f'{config.family} config has no data.image_shape: set --config.data.image_shape=H,W,C')
+  lo, hi = config.data.pixel_range
+  return {'image': rng.uniform(lo, hi, (n, *config.data.image_shape)).astype(np.float32),
+          'label': rng.integers(0, config.data.get('num_classes', 10), (n,), np.int32)}
+
+
+def _xla_flops(compiled) -> float | None:
+  """Per-device FLOPs of a compiled executable (XLA's cost analysis of the partitioned program)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops']) if cost and cost.get('flops', 0) > 0 else None
+
+
+def compile_train_step(config, family, mesh, batch):
+  """(the trainer's jitted step lowered on the abstract state and compiled, seconds taken, FLOPs per step).
+
+  FLOPs: XLA's cost analysis of the partitioned (per-device) program times the devices; with
+  grad_accum_steps = A > 1 that of the micro-batch step times A, as XLA counts a loop body once.
+  """
+  abstract = trainer.abstract_state(family, mesh, config.seed)
+  step = trainer.jit_train_step(family, jax.tree.map(lambda x: x.sharding, abstract), mesh)
+  t0 = time.perf_counter()
+  compiled = step.lower(abstract, batch, trainer.run_keys(config.seed)['train']).compile()
+  compile_s = time.perf_counter() - t0
+  flops = _xla_flops(compiled)
+  flops = flops and flops * mesh.devices.size
+  accum = config.get('grad_accum_steps', 1)
+  if flops and accum > 1:
+    micro = config.copy_and_resolve_references()
+    micro.batch_size, micro.grad_accum_steps = config.batch_size // accum, 1
+    micro_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((micro.batch_size, *x.shape[1:]), x.dtype,
+                                                              sharding=x.sharding), batch)
+    flops = compile_train_step(micro, families.build(micro, tempfile.gettempdir()), mesh, micro_batch)[2]
+    flops = flops and flops * accum
+  return compiled, compile_s, flops
+
+
+def non_embedding_params(params) -> int:
+  """Parameters outside the token and position embeddings (Kaplan et al. 2020's N)."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  return sum(x.size for path, x in leaves if getattr(path[0], 'key', None) not in ('wte', 'wpe'))
+
+
+def bench_train(config, family, mesh, state, steps: int, warmup: int):
+  """(record, final state): compile, then time `steps` steps after `warmup` on one synthetic batch."""
+  batch = sharding.global_batch(synthetic_batch(config, np.random.default_rng(0)), sharding.batch_sharding(mesh))
+  compiled, compile_s, flops = compile_train_step(config, family, mesh, batch)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  train_keys = trainer.run_keys(config.seed)['train']
+  times = []
+  for step in range(warmup + steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch, jax.random.fold_in(train_keys, step))
+    jax.block_until_ready((state, metrics))
+    if step >= warmup:
+      times.append(time.perf_counter() - t0)
+  if not np.isfinite(float(metrics['loss'])):
+    raise UserError(f'the train step gave loss={float(metrics["loss"])} on synthetic data')
+  ms = percentiles_ms(times)
+  step_s = ms['median'] / 1e3
+  peak = peak_flops_per_device(jax.devices()[0])
+  peak = peak and peak * mesh.devices.size
+  record = dict(bench='train_step', batch_size=config.batch_size, compile_s=compile_s, steps=steps,
+                step_ms_median=ms['median'], step_ms_p10=ms['p10'], step_ms_p90=ms['p90'],
+                examples_per_s=config.batch_size / step_s, tokens_per_s=None, num_params=num_params,
+                flops_per_step=flops, flops_per_s=flops and flops / step_s, peak_flops_per_s=peak,
+                mfu=flops and peak and flops / step_s / peak, flops_per_step_6nt=None, mfu_6nt=None,
+                peak_memory_bytes=peak_memory_bytes())
+  if config.family == 'gpt':
+    tokens = config.batch_size * config.model.block_size
+    flops_6nt = 6 * non_embedding_params(state.params) * tokens
+    record.update(tokens_per_s=tokens / step_s, flops_per_step_6nt=flops_6nt,
+                  mfu_6nt=peak and flops_6nt / step_s / peak)
+  return record, state
+
+
+def _time_calls(fn, repeats: int) -> tuple[float, dict]:
+  """(seconds of the first call, compile included; percentiles in ms of `repeats` more calls)."""
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return first, percentiles_ms(times)
+
+
+def bench_image_sampler(family, state, num: int, repeats: int, ddim_steps: int, ancestral_num: int):
+  sampler = family.make_sampler(state)
+  rng = jax.random.key(0)
+  if 'sampler' in inspect.signature(sampler).parameters:     # diffusion
+    runs = [('ddim', num, dict(sampler='ddim', steps=ddim_steps)), ('ancestral', ancestral_num, dict(sampler='ancestral'))]
+  else:
+    runs = [('prior', num, {})]
+  for name, n, options in runs:
+    first, ms = _time_calls(lambda: sampler(rng, num=n, **options), repeats)
+    yield dict(bench='sampler', sampler=name, steps=options.get('steps'), num=n, first_call_s=first,
+               call_ms_median=ms['median'], images_per_s=n / (ms['median'] / 1e3))
+
+
+def bench_gpt_sampler(config, state, num: int, repeats: int, prompt_tokens: int | None, new_tokens: int | None):
+  """Prefill: generate with no new tokens; decode: (generate with new_tokens) - prefill, per token."""
+  from jaxgen.families import gpt
+  W = config.model.block_size
+  P = prompt_tokens or W // 2
+  M = W - P if new_tokens is None else new_tokens
+  if not 1 <= P <= W or M < 1:
+    raise UserError(f'need 1 <= prompt_tokens <= block_size={W} and new_tokens >= 1 (got {P}, {M})')
+  model = gpt.make_model(config.model)
+  prompt = jax.random.randint(jax.random.key(1), (num, P), 0, config.model.vocab_size)
+  params = state.params
+  for use_kv_cache in (True, False):
+    generate = gpt.make_generate(model, use_kv_cache=use_kv_cache)
+    call = lambda m: generate(params, prompt, m, 1.0, None, None, jax.random.key(0))
+    first_prefill, prefill = _time_calls(lambda: call(0), repeats)
+    first_total, total = _time_calls(lambda: call(M), repeats)
+    decode_s = max(total['median'] - prefill['median'], 1e-6) / 1e3
+    yield dict(bench='sampler', sampler='kv_cache' if use_kv_cache else 'no_kv_cache', steps=None, num=num,
+               first_call_s=first_prefill + first_total, call_ms_median=total['median'], prompt_tokens=P,
+               new_tokens=M, prefill_tokens_per_s=num * P / (prefill['median'] / 1e3),
+               decode_tokens_per_s=num * M / decode_s)
+
+
+def bench_sampler(config, family, state, num: int | None, repeats: int, ddim_steps: int, ancestral_num: int,
+                  prompt_tokens: int | None, new_tokens: int | None):
+  if config.family == 'gpt':
+    return bench_gpt_sampler(config, state, num or 8, repeats, prompt_tokens, new_tokens)
+  return bench_image_sampler(family, state, num or 64, repeats, ddim_steps, ancestral_num)
+
+
+def bench_data(config, steps: int, warmup: int) -> dict:
+  with tempfile.TemporaryDirectory() as workdir:
+    with config.unlocked():
+      data.setup(config, workdir)
+    batches = data.train_iterator(config, workdir)
+    for _ in range(warmup):
+      next(batches)
+    times = []
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      next(batches)
+      times.append(time.perf_counter() - t0)
+  total_s = sum(times)
+  n = config.batch_size // jax.process_count()
+  record = dict(bench='data', batch_size=n, batches=steps, batch_ms_median=percentiles_ms(times)['median'],
+                examples_per_s=n * steps / total_s, tokens_per_s=None)
+  if config.family == 'gpt':
+    record['tokens_per_s'] = n * steps * config.model.block_size / total_s
+  return record
+
+
+def _fmt(x, unit='') -> str:
+  if x is None:
+    return '-'
+  for scale, suffix in ((1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
+    if abs(x) >= scale:
+      return f'{x / scale:.3g}{suffix}{unit}'
+  return f'{x:.3g}{unit}'
+
+
+def table(records: list[dict]) -> str:
+  """One readable row per record: what, time, throughput, FLOP/s and MFU."""
+  rows = [('bench', 'what', 'first/compile', 'median [p10, p90]', 'throughput', 'FLOP/s', 'MFU')]
+  for r in records:
+    if r['bench'] == 'train_step':
+      what = f"batch {r['batch_size']}"
+      first = f"{r['compile_s']:.2f} s"
+      time_ = f"{r['step_ms_median']:.2f} ms [{r['step_ms_p10']:.2f}, {r['step_ms_p90']:.2f}]"
+      speed = f"{_fmt(r['examples_per_s'])} ex/s" + (f", {_fmt(r['tokens_per_s'])} tok/s" if r['tokens_per_s'] else '')
+      mfu = '-' if r['mfu'] is None else f"{100 * r['mfu']:.1f}%" + (
+          f" (6NT {100 * r['mfu_6nt']:.1f}%)" if r['mfu_6nt'] is not None else '')
+      rows.append(('train_step', what, first, time_, speed, _fmt(r['flops_per_s']), mfu))
+    elif r['bench'] == 'sampler':
+      what = r['sampler'] + (f" {r['steps']} steps" if r['steps'] else '') + f" x{r['num']}"
+      speed = (f"{_fmt(r['images_per_s'])} img/s" if 'images_per_s' in r else
+               f"prefill {_fmt(r['prefill_tokens_per_s'])} tok/s, decode {_fmt(r['decode_tokens_per_s'])} tok/s")
+      rows.append(('sampler', what, f"{r['first_call_s']:.2f} s", f"{r['call_ms_median']:.2f} ms", speed, '-', '-'))
+    else:
+      rows.append(('data', f"batch {r['batch_size']}", '-', f"{r['batch_ms_median']:.2f} ms",
+                   f"{_fmt(r['examples_per_s'])} ex/s", '-', '-'))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def run_benchmarks(config, config_name: str, *, train=True, steps=20, warmup=2, sampler=False, data_=False,
+                   num=None, repeats=3, ddim_steps=50, ancestral_num=8, prompt_tokens=None, new_tokens=None,
+                   emit=print):
+  """Runs the chosen benchmarks; emits each record as a JSON line as it is measured and returns them."""
+  if steps < 1 or repeats < 1:
+    raise UserError(f'--steps={steps} and --repeats={repeats} must be >= 1')
+  common = dict(config=config_name, family=config.family, **device_info())
+  records = []
+
+  def emit_record(record):
+    record = {'bench': record['bench'], **common, **record}
+    emit(json.dumps(record))
+    records.append(record)
+
+  if train or sampler:                            # one state for both: creating it compiles the init
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_size(config.batch_size, mesh)
+    family = families.build(config, tempfile.gettempdir())
+    state, _ = trainer.create_state(family, mesh, config.seed)
+  if train:
+    record, state = bench_train(config, family, mesh, state, steps, warmup)
+    emit_record(record)
+  if sampler:
+    for record in bench_sampler(config, family, state, num, repeats, ddim_steps, ancestral_num, prompt_tokens,
+                                new_tokens):
+      emit_record(record)
+  if data_:
+    emit_record(bench_data(config, steps, warmup))
+  return records
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config_name = FLAGS['config'].serialize().split('=', 1)[1]
+  records = run_benchmarks(
+      FLAGS.config, config_name, train=FLAGS.train, steps=FLAGS.steps, warmup=FLAGS.warmup,
+      sampler=FLAGS.sampler, data_=FLAGS.data, num=FLAGS.num, repeats=FLAGS.repeats,
+      ddim_steps=FLAGS.ddim_steps, ancestral_num=FLAGS.ancestral_num, prompt_tokens=FLAGS.prompt_tokens,
+      new_tokens=FLAGS.new_tokens)
+  print()
+  print(table(records))
+
+
+if __name__ == '__main__':
+  cli.run(main)
