@@ -1,0 +1,151 @@
+"""Text sources: Tiny Shakespeare (TFDS) or a user's file, tokenised once into memory-mapped token arrays.
+
+setup() writes into the workdir: tokenizer.json, data/{train,val}.npy (uint16 or int32 token ids) and
+data/source.json (what they were made from). Batches are windows of block_size + 1 tokens:
+{'tokens': int32 (B, block_size + 1)}; the model reads tokens[:, :-1] and predicts tokens[:, 1:].
+
+Training windows start at offsets drawn from a per-index seeded RNG over an infinite index range (Grain
+MapDataset.random_map), so the iterator is deterministic and checkpointable (get_state / set_state) and
+process p of P reads global indices p, p + P, ... Evaluation uses a fixed, evenly spaced set of windows.
+"""
+import functools
+import json
+import logging
+import os
+import sys
+
+import grain
+import jax
+import numpy as np
+
+from jaxgen.data import tokenizers
+from jaxgen.errors import UserError
+
+
+def _read_tiny_shakespeare(data) -> tuple[str, str]:
+  """(train, val) text; TFDS splits input.txt 90/5/5 and val = validation + test, as nanoGPT's last 10%."""
+  import tensorflow_datasets as tfds
+  builder = tfds.builder('tiny_shakespeare', data_dir=data.data_dir, file_format='array_record')
+  if not builder.is_prepared():
+    download_config = tfds.download.DownloadConfig(manual_dir=data.manual_dir) if data.manual_dir else None
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    except Exception as e:  # noqa: BLE001 -- any failure here is fixed the same way
+      where = (f'data.manual_dir={data.manual_dir} must contain input.txt' if data.manual_dir else
+               'offline? pass --config.data.manual_dir=DIR with karpathy/char-rnn tinyshakespeare/input.txt')
+      raise UserError(f'could not prepare tiny_shakespeare ({type(e).__name__}: {str(e)[:200]}); {where}') from e
+  read = lambda split: tfds.data_source('tiny_shakespeare', split=split, data_dir=data.data_dir,
+                                        download=False)[0]['text'].decode('utf-8')
+  return read('train'), read('validation') + read('test')
+
+
+def _read_text_file(path: str) -> tuple[str, str]:
+  """(train, val) = the first 90% and the last 10% of the file's characters."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f'cannot read data.text_file={path} ({e}); give a UTF-8 text file') from e
+  n = int(len(text) * 0.9)
+  return text[:n], text[n:]
+
+
+def _source(config) -> str:
+  return os.path.abspath(config.data.text_file) if config.data.name == 'text_file' else config.data.name
+
+
+def _tokens_path(workdir: str, split: str) -> str:
+  return os.path.join(workdir, 'data', f'{split}.npy')
+
+
+def _save_atomic(path: str, write) -> None:
+  """Processes sharing the workdir write identical content; os.replace makes the last one win cleanly."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'wb' if path.endswith('.npy') else 'w') as f:
+    write(f)
+  os.replace(tmp, path)
+
+
+def setup(config, workdir: str) -> None:
+  """Tokenise the corpus once into workdir/data/*.npy, save the tokenizer, set config.model.vocab_size."""
+  if config.data.text_file:
+    config.data.name = 'text_file'
+  elif config.data.name == 'text_file':
+    raise UserError('data.name=text_file needs --config.data.text_file=PATH')
+  meta_path = os.path.join(workdir, 'data', 'source.json')
+  meta = {'source': _source(config), 'tokenizer': config.data.tokenizer}
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      prepared = json.load(f)
+    if prepared != meta:
+      raise UserError(f'{workdir} holds data prepared from {prepared}, not {meta}; use a new --workdir')
+    tokenizer = tokenizers.load(workdir)
+  else:
+    if config.data.name == 'tiny_shakespeare':
+      train_text, val_text = _read_tiny_shakespeare(config.data)
+    else:
+      train_text, val_text = _read_text_file(config.data.text_file)
+    tokenizer = tokenizers.train(config.data.tokenizer, train_text, config.data.bpe_vocab_size)
+    if isinstance(tokenizer, tokenizers.CharTokenizer):
+      unseen = set(val_text) - set(tokenizer.chars)
+      if unseen:
+        logging.warning('dropping characters %r of the validation text that the training text lacks', unseen)
+        val_text = ''.join(c for c in val_text if c not in unseen)
+    os.makedirs(os.path.join(workdir, 'data'), exist_ok=True)
+    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
+    for split, text in (('train', train_text), ('val', val_text)):
+      ids = tokenizer.encode(text).astype(dtype)
+      _save_atomic(_tokens_path(workdir, split), lambda f: np.save(f, ids))
+    tokenizers.save(tokenizer, workdir)
+    _save_atomic(meta_path, lambda f: json.dump(meta, f))
+  block = config.model.block_size + 1
+  for split in ('train', 'val'):
+    n = len(_load_tokens(_tokens_path(workdir, split)))
+    if n < block:
+      raise UserError(f'the {split} split has {n} tokens, fewer than block_size + 1 = {block}; '
+                      'give more text or lower --config.model.block_size')
+  with config.unlocked():
+    config.model.vocab_size = tokenizer.vocab_size
+
+
+@functools.cache
+def _load_tokens(path: str) -> np.ndarray:
+  return np.load(path, mmap_mode='r')
+
+
+def _window(path: str, length: int, offset: int) -> dict[str, np.ndarray]:
+  return {'tokens': np.asarray(_load_tokens(path)[offset:offset + length], np.int32)}
+
+
+def _random_window(index: int, rng: np.random.Generator, *, path: str, length: int):
+  return _window(path, length, rng.integers(0, len(_load_tokens(path)) - length + 1))
+
+
+def _local_batch_size(config) -> int:
+  return config.batch_size // jax.process_count()
+
+
+def train_iterator(config, workdir: str):
+  """Infinite checkpointable iterator of {'tokens': int32 (batch_size / process_count, block_size + 1)}."""
+  path = _tokens_path(workdir, 'train')
+  windows = (grain.MapDataset.range(sys.maxsize)
+             .random_map(functools.partial(_random_window, path=path, length=config.model.block_size + 1),
+                         seed=config.seed)
+             [jax.process_index()::jax.process_count()]
+             .batch(_local_batch_size(config), drop_remainder=True))
+  ds = windows.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=config.data.prefetch))
+  if config.data.num_workers:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+  return iter(ds)
+
+
+def eval_batches(config, workdir: str):
+  """This process's share of data.eval_examples evenly spaced validation windows, in whole global batches."""
+  path, length = _tokens_path(workdir, 'val'), config.model.block_size + 1
+  num_windows = min(config.data.eval_examples, len(_load_tokens(path)) - length + 1)
+  num_windows -= num_windows % config.batch_size
+  offsets = np.linspace(0, len(_load_tokens(path)) - length, num_windows).astype(np.int64)
+  return (grain.MapDataset.source(offsets)
+          [jax.process_index()::jax.process_count()]
+          .map(functools.partial(_window, path, length))
+          .batch(_local_batch_size(config), drop_remainder=True))

@@ -1,0 +1,209 @@
+"""GPT family: next-token cross-entropy L = -1/(B T) sum_{b,t} log p(x_{b,t+1} | x_{b,<=t}); KV-cached sampler.
+
+Batches are {'tokens': int32 (B, block_size + 1)}. One train_step is one AdamW update on the whole global
+batch: with config.grad_accum_steps = A the batch is split into A micro-batches whose gradients are
+averaged inside the step by a lax.scan (activations of one micro-batch in memory at a time). A scan rather
+than optax.MultiSteps keeps steps, schedules, logging, checkpoints and the data position counting
+optimizer updates, and keeps the accumulator out of the optimizer state and the checkpoint.
+"""
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jaxgen.data import tokenizers
+from jaxgen.errors import UserError
+from jaxgen.families import Family
+from jaxgen.models.gpt import GPT, init_kv_cache
+from jaxgen.train import optim
+
+
+@flax.struct.dataclass
+class State:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  ema_params: dict | None
+
+
+def make_model(model_config) -> GPT:
+  m = model_config
+  return GPT(vocab_size=m.vocab_size, block_size=m.block_size, num_layers=m.num_layers, num_heads=m.num_heads,
+             embed_dim=m.embed_dim, dropout_rate=m.dropout, use_bias=m.use_bias,
+             position_embedding=m.position_embedding, dtype=jnp.dtype(m.dtype))
+
+
+def weight_decay_mask(params):
+  """True for Dense kernels only: no weight decay on norms, biases and (tied) embeddings."""
+  def is_kernel(path, _):
+    return [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1] == 'kernel'
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def filter_logits(logits, temperature, top_k: int | None, top_p):
+  """logits / temperature, with -inf outside the top_k largest and outside the nucleus: the smallest set of
+  most likely tokens whose probabilities sum to >= top_p. logits (B, V) -> (B, V)."""
+  logits = logits / temperature
+  if top_k is not None:
+    kth = lax.top_k(logits, top_k)[0][:, -1:]                       # (B, 1)
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p is not None:
+    sorted_logits = -jnp.sort(-logits, axis=-1)                      # descending, (B, V)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs                 # of the strictly more likely tokens
+    cutoff = jnp.min(jnp.where(mass_before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return logits
+
+
+def make_generate(model: GPT, use_kv_cache: bool = True):
+  """Jitted generate(params, prompt_tokens, max_new_tokens, temperature, top_k, top_p, rng,
+  num_return_sequences=1) -> int32 (B * num_return_sequences, P + max_new_tokens), prompts first.
+
+  prompt_tokens (B, P), P >= 1. The context is the last block_size tokens. With the KV cache the prompt is
+  prefilled once and each new token costs one position; when the cache is full (learned positions cannot
+  shift) it restarts from the last block_size // 2 tokens, so the context is between half and all of the
+  block. use_kv_cache=False recomputes the full last-block_size window for every token, as nanoGPT does
+  (the baseline for tests and benchmarks; both agree while P + max_new_tokens <= block_size).
+  """
+  W = model.block_size
+
+  def generate(params, prompt_tokens, max_new_tokens, temperature, top_k, top_p, rng, num_return_sequences=1):
+    prompt = jnp.repeat(jnp.asarray(prompt_tokens, jnp.int32), num_return_sequences, axis=0)  # (B, P)
+    B, P = prompt.shape
+    if P == 0:
+      raise ValueError('generate needs at least one prompt token')
+    tokens = jnp.zeros((B, max(P + max_new_tokens, W)), jnp.int32).at[:, :P].set(prompt)
+    apply = functools.partial(model.apply, {'params': params})
+
+    if use_kv_cache:
+      context = prompt[:, -W:]
+      logits, kv_cache = apply(context, kv_cache=init_kv_cache(model, B))
+      logits, state = logits[:, -1], (kv_cache, jnp.int32(context.shape[1]))
+
+      def advance(state, tokens, n):
+        """Logits after the n tokens so far, feeding only the newest (tokens[:, n - 1]) to the cache."""
+        kv_cache, length = state                                     # length: positions filled
+
+        def restart(kv_cache):
+          keep = W // 2
+          logits, kv_cache = apply(lax.dynamic_slice(tokens, (0, n - keep), (B, keep)), kv_cache=kv_cache)
+          return logits[:, -1], kv_cache, jnp.int32(keep)
+
+        def append(kv_cache):
+          newest = lax.dynamic_slice(tokens, (0, n - 1), (B, 1))
+          logits, kv_cache = apply(newest, kv_cache=kv_cache, cache_index=length)
+          return logits[:, -1], kv_cache, length + 1
+
+        logits, kv_cache, length = lax.cond(length == W, restart, append, kv_cache)
+        return logits, (kv_cache, length)
+    else:
+      def advance(state, tokens, n):
+        """Logits after the n tokens so far, recomputing the window tokens[:, max(n - W, 0) : n]."""
+        start = jnp.maximum(n - W, 0)
+        logits, _ = apply(lax.dynamic_slice(tokens, (0, start), (B, W)))  # causal: padding after n is unseen
+        return logits[:, n - 1 - start], state
+
+      logits, state = advance(None, tokens, P)
+
+    def step(carry, i):
+      tokens, logits, state = carry
+      logits = filter_logits(logits, temperature, top_k, top_p)
+      token = jax.random.categorical(jax.random.fold_in(rng, i), logits).astype(jnp.int32)  # (B,)
+      tokens = lax.dynamic_update_slice(tokens, token[:, None], (0, P + i))
+      logits, state = advance(state, tokens, P + i + 1)
+      return (tokens, logits, state), None
+
+    (tokens, _, _), _ = lax.scan(step, (tokens, logits, state), jnp.arange(max_new_tokens))
+    return tokens[:, :P + max_new_tokens]
+
+  return jax.jit(generate, static_argnames=('max_new_tokens', 'top_k', 'num_return_sequences'))
+
+
+def build(config, workdir: str) -> Family:
+  model = make_model(config.model)
+  optimizer = optim.make_optimizer(config.learning_rate, config.optim, config.num_train_steps,
+                                   weight_decay_mask=weight_decay_mask)
+  ema_decay = config.optim.ema_decay
+  accum = config.grad_accum_steps
+  if accum < 1 or config.batch_size % accum:
+    raise UserError(f'grad_accum_steps={accum} must be >= 1 and divide batch_size={config.batch_size}')
+  generate = make_generate(model)
+  tokenizer = functools.cache(lambda: tokenizers.load(workdir))
+
+  def loss_fn(params, tokens, rng=None):
+    """Mean next-token cross-entropy of tokens (B, T + 1); dropout on when an rng is given."""
+    logits, _ = model.apply({'params': params}, tokens[:, :-1], train=rng is not None,
+                            rngs=None if rng is None else {'dropout': rng})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+  def init(rng) -> State:
+    params = model.init(rng, jnp.zeros((1, config.model.block_size), jnp.int32))['params']
+    return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                 ema_params=params if ema_decay > 0 else None)
+
+  def train_step(state: State, batch, rng):
+    B, L = batch['tokens'].shape
+    # micro-batch a = rows a, a + A, ...: each device keeps its own rows of every micro-batch
+    micro_batches = batch['tokens'].reshape(B // accum, accum, L).swapaxes(0, 1)  # (A, B / A, T + 1)
+
+    def accumulate(grad_sum, xs):
+      a, tokens = xs
+      loss, grads = jax.value_and_grad(loss_fn)(state.params, tokens, jax.random.fold_in(rng, a))
+      return jax.tree.map(jnp.add, grad_sum, grads), loss
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    grad_sum, losses = lax.scan(accumulate, zeros, (jnp.arange(accum), micro_batches))
+    grads = jax.tree.map(lambda g: g / accum, grad_sum)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = None if state.ema_params is None else optim.ema_update(state.ema_params, params, ema_decay)
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+    return state, {'loss': losses.mean(), 'grad_norm': optax.tree.norm(grads)}
+
+  def eval_params(state: State):
+    return state.params if state.ema_params is None else state.ema_params
+
+  def eval_step(state: State, batch, rng):
+    del rng
+    return {'loss': loss_fn(eval_params(state), batch['tokens'])}
+
+  def make_sampler(state: State):
+    params = eval_params(state)
+
+    def sampler(rng, num: int = 1, prompt: str = '', max_new_tokens: int = config.sample.max_new_tokens,
+                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, **options):
+      """num texts: the prompt and max_new_tokens sampled tokens; an empty prompt starts after a newline."""
+      if options:
+        raise UserError(f'unknown sampler option(s) {sorted(options)} for the gpt family; it takes num, prompt, '
+                        'max_new_tokens, temperature, top_k, top_p')
+      is_int = lambda x, low: isinstance(x, (int, np.integer)) and x >= low
+      if not (is_int(num, 1) and is_int(max_new_tokens, 0) and (top_k is None or is_int(top_k, 1))):
+        raise UserError(f'num={num!r} and top_k={top_k!r} must be integers >= 1 and '
+                        f'max_new_tokens={max_new_tokens!r} an integer >= 0')
+      if not temperature > 0:
+        raise UserError(f'temperature={temperature} must be > 0 (for greedy decoding use top_k=1)')
+      if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f'top_p={top_p} must be in (0, 1]')
+      context = tokenizer().encode(prompt or '\n')
+      top_k = None if top_k is None else min(int(top_k), config.model.vocab_size)
+      top_p = None if top_p == 1 else top_p
+      tokens = generate(params, context[None], int(max_new_tokens), temperature, top_k, top_p, rng,
+                        num_return_sequences=int(num))
+      tokens = np.asarray(tokens) if prompt else np.asarray(tokens)[:, len(context):]
+      return [tokenizer().decode(t) for t in tokens]
+
+    return sampler
+
+  def preview(state: State, batch, rng) -> list[str]:
+    del batch
+    s = config.sample
+    return make_sampler(state)(rng, num=config.num_preview, prompt=s.prompt, max_new_tokens=s.max_new_tokens,
+                               temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+
+  return Family(init=init, train_step=train_step, eval_step=eval_step, make_sampler=make_sampler,
+                preview=preview)

@@ -1,0 +1,149 @@
+"""GPT (Radford et al. 2019; nanoGPT's layout): pre-LayerNorm causal Transformer with tied embeddings.
+
+  h_0 = W_te[x] + P,   h_l' = h_l + Attn(LN(h_l)),   h_{l+1} = h_l' + MLP(LN(h_l')),   logits = LN(h_L) W_te^T
+  Attn(x) = softmax(Q K^T / sqrt(d_k) + causal mask) V per head,   MLP(x) = GELU(x W_fc) W_proj
+
+Parameters carry logical axis names ('vocab', 'embed', 'mlp', 'heads', 'kv') for sharding rules.
+Decoding passes an explicit `kv_cache` (one KVCache per layer) in and out: the tokens fed at
+`cache_index` write their keys/values there and attend to every cached position <= their own.
+"""
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+class KVCache(NamedTuple):
+  k: jax.Array  # (B, S, H, D)
+  v: jax.Array  # (B, S, H, D)
+
+
+def init_kv_cache(model: 'GPT', batch_size: int) -> tuple[KVCache, ...]:
+  """Zeroed keys/values for `block_size` positions, one KVCache per layer, in the compute dtype."""
+  shape = (batch_size, model.block_size, model.num_heads, model.embed_dim // model.num_heads)
+  zeros = jnp.zeros(shape, model.dtype)
+  return tuple(KVCache(zeros, zeros) for _ in range(model.num_layers))
+
+
+def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
+  """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)); (length, dim)."""
+  angles = np.arange(length)[:, None] / 10000 ** (np.arange(0, dim, 2) / dim)
+  pe = np.zeros((length, dim), np.float32)
+  pe[:, 0::2], pe[:, 1::2] = np.sin(angles), np.cos(angles[:, :dim // 2])
+  return pe
+
+
+def _init(std: float, names: tuple):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+def _layer_norm(use_bias: bool, dtype, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(1e-5, use_bias=use_bias, dtype=dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
+
+
+class CausalSelfAttention(nn.Module):
+  num_heads: int
+  dropout_rate: float
+  use_bias: bool
+  residual_std: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x, train: bool, kv_cache: KVCache | None, cache_index):
+    B, T, C = x.shape
+    qkv = nn.DenseGeneral((3, self.num_heads, C // self.num_heads), use_bias=self.use_bias, dtype=self.dtype,
+                          kernel_init=_init(0.02, ('embed', None, 'heads', 'kv')),
+                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, 'heads', 'kv')),
+                          name='c_attn')(x)                              # (B, T, 3, H, D)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                   # (B, T, H, D)
+    if kv_cache is None:
+      mask, is_causal = None, True
+    else:
+      k = lax.dynamic_update_slice(kv_cache.k, k.astype(kv_cache.k.dtype), (0, cache_index, 0, 0))  # (B, S, H, D)
+      v = lax.dynamic_update_slice(kv_cache.v, v.astype(kv_cache.v.dtype), (0, cache_index, 0, 0))
+      kv_cache = KVCache(k, v)
+      mask = jnp.arange(k.shape[1])[None, :] <= cache_index + jnp.arange(T)[:, None]  # (T, S)
+      mask, is_causal = mask[None, None], False
+    if train and self.dropout_rate > 0:
+      # jax.nn.dot_product_attention has no dropout on the attention weights; nanoGPT applies it there.
+      mask = nn.make_causal_mask(jnp.ones((B, T), bool)) if mask is None else mask
+      weights = nn.dot_product_attention_weights(q, k, mask=mask, dropout_rate=self.dropout_rate,
+                                                 dropout_rng=self.make_rng('dropout'), deterministic=False,
+                                                 dtype=self.dtype)  # (B, H, T, S)
+      y = jnp.einsum('bhts,bshd->bthd', weights, v)
+    else:
+      y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)  # (B, T, H, D)
+    y = nn.DenseGeneral(C, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
+                        kernel_init=_init(self.residual_std, ('heads', 'kv', 'embed')),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                        name='c_proj')(y)
+    return nn.Dropout(self.dropout_rate, deterministic=not train)(y), kv_cache
+
+
+class Block(nn.Module):
+  num_heads: int
+  dropout_rate: float
+  use_bias: bool
+  residual_std: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x, train: bool, kv_cache: KVCache | None, cache_index):
+    C = x.shape[-1]
+    dense = lambda features, std, names, name: nn.Dense(
+        features, use_bias=self.use_bias, dtype=self.dtype, name=name, kernel_init=_init(std, names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
+    attn = CausalSelfAttention(self.num_heads, self.dropout_rate, self.use_bias, self.residual_std, self.dtype,
+                               name='attn')
+    y, kv_cache = attn(_layer_norm(self.use_bias, self.dtype, 'ln_1')(x), train, kv_cache, cache_index)
+    x = x + y
+    h = _layer_norm(self.use_bias, self.dtype, 'ln_2')(x)
+    h = nn.gelu(dense(4 * C, 0.02, ('embed', 'mlp'), 'c_fc')(h))  # (B, T, 4C)
+    h = dense(C, self.residual_std, ('mlp', 'embed'), 'c_proj')(h)
+    return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h), kv_cache
+
+
+class GPT(nn.Module):
+  vocab_size: int
+  block_size: int
+  num_layers: int
+  num_heads: int
+  embed_dim: int
+  dropout_rate: float = 0.0
+  use_bias: bool = False
+  position_embedding: str = 'learned'   # learned | sinusoidal
+  dtype: jnp.dtype = jnp.float32        # compute dtype; parameters are float32
+
+  @nn.compact
+  def __call__(self, tokens, *, train: bool = False, kv_cache: tuple[KVCache, ...] | None = None,
+               cache_index=0):
+    """tokens (B, T) at positions cache_index + [0, T) -> (logits (B, T, V) float32, updated kv_cache).
+
+    Without a kv_cache the T tokens attend causally to each other (cache_index must be 0).
+    """
+    T = tokens.shape[1]
+    wte = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name='wte',
+                   embedding_init=_init(0.02, ('vocab', 'embed')))
+    positions = cache_index + jnp.arange(T)
+    if self.position_embedding == 'learned':
+      pos = nn.Embed(self.block_size, self.embed_dim, dtype=self.dtype, name='wpe',
+                     embedding_init=_init(0.02, (None, 'embed')))(positions)
+    elif self.position_embedding == 'sinusoidal':
+      pos = jnp.asarray(sinusoidal_positions(self.block_size, self.embed_dim), self.dtype)[positions]
+    else:
+      raise ValueError(f'unknown position_embedding {self.position_embedding!r}; use learned or sinusoidal')
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(wte(tokens) + pos)  # (B, T, C)
+    residual_std = 0.02 / np.sqrt(2 * self.num_layers)
+    new_cache = []
+    for i in range(self.num_layers):
+      x, layer_cache = Block(self.num_heads, self.dropout_rate, self.use_bias, residual_std, self.dtype,
+                             name=f'h_{i}')(x, train, None if kv_cache is None else kv_cache[i], cache_index)
+      new_cache.append(layer_cache)
+    x = _layer_norm(self.use_bias, self.dtype, 'ln_f')(x)
+    logits = wte.attend(x).astype(jnp.float32)  # weight tying: (B, T, V)
+    return logits, None if kv_cache is None else tuple(new_cache)
