@@ -36,19 +36,6 @@ from jaxgen import cli, data, families
 from jaxgen.errors import UserError
 from jaxgen.train import sharding, trainer
 
-config_flags.DEFINE_config_file('config', None, 'configs/<name>.py[:preset]', lock_config=True)
-flags.DEFINE_integer('steps', 20, 'timed train steps (and data batches)')
-flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
-flags.DEFINE_bool('train', True, 'benchmark the train step (--notrain to skip)')
-flags.DEFINE_bool('sampler', False, 'benchmark the sampler')
-flags.DEFINE_bool('data', False, 'benchmark the input pipeline (prepares the dataset if needed)')
-flags.DEFINE_integer('repeats', 3, 'timed sampler calls per measurement')
-flags.DEFINE_integer('num', None, 'samples per sampler call (default 64 images, 8 GPT sequences)')
-flags.DEFINE_integer('ddim_steps', 50, 'diffusion: DDIM steps')
-flags.DEFINE_integer('ancestral_num', 8, 'diffusion: samples per ancestral call (all training timesteps)')
-flags.DEFINE_integer('prompt_tokens', None, 'GPT: prompt length (default block_size // 2)')
-flags.DEFINE_integer('new_tokens', None, 'GPT: generated tokens (default block_size - prompt_tokens)')
-flags.mark_flag_as_required('config')
 FLAGS = flags.FLAGS
 
 # bf16 dense peak FLOP/s per device, by a substring of device_kind (first match wins)
@@ -177,11 +164,12 @@ def _time_calls(fn, repeats: int) -> tuple[float, dict]:
   return first, percentiles_ms(times)
 
 
-def bench_image_sampler(family, state, num: int, repeats: int, ddim_steps: int, ancestral_num: int):
+def bench_image_sampler(config, family, state, num: int, repeats: int, ddim_steps: int, ancestral_num: int):
   sampler = family.make_sampler(state)
   rng = jax.random.key(0)
-  if 'sampler' in inspect.signature(sampler).parameters:     # diffusion
-    runs = [('ddim', num, dict(sampler='ddim', steps=ddim_steps)), ('ancestral', ancestral_num, dict(sampler='ancestral'))]
+  if 'sampler' in inspect.signature(sampler).parameters:     # diffusion: ancestral over all training steps
+    runs = [('ddim', num, dict(sampler='ddim', steps=ddim_steps)),
+            ('ancestral', ancestral_num, dict(sampler='ancestral', steps=config.model.timesteps))]
   else:
     runs = [('prior', num, {})]
   for name, n, options in runs:
@@ -217,7 +205,7 @@ def bench_sampler(config, family, state, num: int | None, repeats: int, ddim_ste
                   prompt_tokens: int | None, new_tokens: int | None):
   if config.family == 'gpt':
     return bench_gpt_sampler(config, state, num or 8, repeats, prompt_tokens, new_tokens)
-  return bench_image_sampler(family, state, num or 64, repeats, ddim_steps, ancestral_num)
+  return bench_image_sampler(config, family, state, num or 64, repeats, ddim_steps, ancestral_num)
 
 
 def bench_data(config, steps: int, warmup: int) -> dict:
@@ -305,6 +293,23 @@ def run_benchmarks(config, config_name: str, *, train=True, steps=20, warmup=2, 
   return records
 
 
+def define_flags() -> None:
+  """The CLI's flags (defined only when run as a program, so importing this module defines none)."""
+  config_flags.DEFINE_config_file('config', None, 'configs/<name>.py[:preset]', lock_config=True)
+  flags.DEFINE_integer('steps', 20, 'timed train steps (and data batches)')
+  flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
+  flags.DEFINE_bool('train', True, 'benchmark the train step (--notrain to skip)')
+  flags.DEFINE_bool('sampler', False, 'benchmark the sampler')
+  flags.DEFINE_bool('data', False, 'benchmark the input pipeline (prepares the dataset if needed)')
+  flags.DEFINE_integer('repeats', 3, 'timed sampler calls per measurement')
+  flags.DEFINE_integer('num', None, 'samples per sampler call (default 64 images, 8 GPT sequences)')
+  flags.DEFINE_integer('ddim_steps', 50, 'diffusion: DDIM steps')
+  flags.DEFINE_integer('ancestral_num', 8, 'diffusion: samples per ancestral call (all training timesteps)')
+  flags.DEFINE_integer('prompt_tokens', None, 'GPT: prompt length (default block_size // 2)')
+  flags.DEFINE_integer('new_tokens', None, 'GPT: generated tokens (default block_size - prompt_tokens)')
+  flags.mark_flag_as_required('config')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -319,4 +324,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

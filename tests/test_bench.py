@@ -88,10 +88,12 @@ def test_gan_smoke_bench():
 
 @pytest.mark.slow   # compiles a train step and a sampler: tens of seconds on 2 cores
 def test_ddpm_smoke_bench_times_ddim_and_ancestral():
+  config = load_config('ddpm_fashion_mnist')
   train, ddim, ancestral = run('ddpm_fashion_mnist', steps=2, warmup=1, sampler=True, num=4, repeats=1,
                                ddim_steps=5, ancestral_num=2)
   assert set(train) == TRAIN_KEYS and set(ddim) == set(ancestral) == IMAGE_SAMPLER_KEYS
-  assert (ddim['sampler'], ddim['steps'], ancestral['sampler'], ancestral['num']) == ('ddim', 5, 'ancestral', 2)
+  assert (ddim['sampler'], ddim['steps'], ddim['num']) == ('ddim', 5, 4)
+  assert (ancestral['sampler'], ancestral['steps'], ancestral['num']) == ('ancestral', config.model.timesteps, 2)
   for record in (train, ddim, ancestral):
     assert_positive_figures(record)
 
@@ -141,3 +143,11 @@ def test_cli_bad_preset_is_one_line_error():
   assert proc.returncode == 2
   errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and 'nope' in errors[0]
+
+
+def test_importing_bench_and_eval_defines_no_flags():
+  """Both CLIs define --num, --steps, --sampler...: only when run as programs, so they import side by side."""
+  import absl.flags
+  from jaxgen import eval as jaxgen_eval
+  del jaxgen_eval
+  assert not {'steps', 'sampler', 'num', 'config'} & set(absl.flags.FLAGS)

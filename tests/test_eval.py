@@ -101,3 +101,25 @@ def test_bits_conversions():
   assert metrics.bits_per_dim(784 * math.log(2), 784) == pytest.approx(1.0)
   assert metrics.bits_per_char(math.log(2), 1.0) == pytest.approx(1.0)
   assert metrics.bits_per_char(math.log(2) * 4, 4.0) == pytest.approx(1.0)   # BPE: 4 characters a token
+
+
+def test_classifier_cache_round_trips_as_plain_npz(tmp_path):
+  from jaxgen import eval as jaxgen_eval
+  model = jaxgen_eval._model('fashion_mnist')
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), np.float32))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes['params'])
+  info = dict(architecture=jaxgen_eval._architecture('fashion_mnist'), num_classes=10, test_accuracy=0.9)
+  jaxgen_eval.save_classifier(str(tmp_path), 'fashion_mnist', params, info)
+  with np.load(tmp_path / 'classifier_fashion_mnist.npz', allow_pickle=False) as f:   # no object arrays
+    assert all(f[k].dtype == np.float32 for k in f.files)
+  loaded, loaded_info = jaxgen_eval.load_classifier_params(str(tmp_path), 'fashion_mnist')
+  assert loaded_info == info
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+
+
+def test_cached_classifier_of_another_architecture_is_not_used(tmp_path):
+  from jaxgen import eval as jaxgen_eval
+  jaxgen_eval.save_classifier(str(tmp_path), 'fashion_mnist', {'w': np.zeros(2, np.float32)},
+                              dict(architecture={'features': [1], 'hidden': 1}))
+  assert jaxgen_eval.load_classifier_params(str(tmp_path), 'fashion_mnist') is None
