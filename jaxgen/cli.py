@@ -3,7 +3,7 @@ import re
 import sys
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 
 from jaxgen.errors import UserError
 
@@ -16,6 +16,8 @@ def run(main) -> None:
       flags.FLAGS.config.keys()                 # config_flags loads lazily: surface its errors now
   except (flags.Error, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
     fail(_last_line(e))
+  if not flags.FLAGS['verbosity'].present:     # Orbax/TFDS log INFO lines to stderr: keep the terminal readable
+    logging.set_verbosity(logging.ERROR)
   try:
     app.run(main, argv=sys.argv, flags_parser=lambda _: argv)   # flags are parsed once, above
   except UserError as e:

@@ -50,13 +50,14 @@ def all_finite(tree) -> jax.Array:
 
 def jit_train_step(family: families.Family, state_shardings, mesh, skip_nonfinite: bool = False):
   """The family's step, jitted on the mesh. With skip_nonfinite, a step whose metrics or new state are not
-  finite leaves the state unchanged and reports skipped=1."""
+  finite leaves the state unchanged, reports skipped=1 and NaN for its other metrics (left out of the means)."""
   step_fn = family.train_step
   if skip_nonfinite:
     def step_fn(state, batch, rng):
       new_state, metrics = family.train_step(state, batch, rng)
       ok = all_finite(metrics) & all_finite(new_state)
       new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+      metrics = jax.tree.map(lambda m: jnp.where(ok, m, jnp.nan), metrics)
       return new_state, {**metrics, 'skipped': 1.0 - ok.astype(jnp.float32)}
   return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh), None),
                  out_shardings=(state_shardings, None), donate_argnums=0)
@@ -175,9 +176,11 @@ def train_and_evaluate(config, workdir: str):
         done = step == config.num_train_steps or stop.signal is not None
 
         if step % config.log_every_steps == 0 or done:
-          means = jax.device_get(jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending))
+          # skipped steps (skip_nonfinite) are left out of the means; otherwise a non-finite value stops the run
+          means = jax.device_get(jax.tree.map(lambda *xs: jnp.nanmean(jnp.stack(xs)), *pending))
           means = {k: float(v) for k, v in means.items()}
-          check_finite(step, means)
+          if not config.skip_nonfinite:
+            check_finite(step, means)
           means.update(throughput.rates(step))
           writer.scalars(step, means)
           bar.set_postfix(loss=f"{means['loss']:.4f}", ex_per_s=f"{means.get('examples_per_sec', 0):.0f}")

@@ -37,8 +37,14 @@ def _as_data_source(builder, split, **kwargs):
 
 @contextlib.contextmanager
 def mock_images():
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, as_data_source_fn=_as_data_source):
-    yield
+  """TFDS's mock (its download_and_prepare does nothing) as if online, so setup never looks for local files."""
+  from jaxgen.data import images
+  online, images._online = images._online, lambda builder: True
+  try:
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, as_data_source_fn=_as_data_source):
+      yield
+  finally:
+    images._online = online
 
 
 if __name__ == '__main__':
