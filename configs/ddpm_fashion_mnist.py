@@ -1,0 +1,95 @@
+"""DDPM on Fashion-MNIST (28x28x1): a Ho et al. UNet scaled to the dataset, T = 1000 linear schedule.
+
+python train.py --config configs/ddpm_fashion_mnist.py:cpu --workdir runs/ddpm_fmnist
+python sample.py --workdir runs/ddpm_fmnist --steps 50 --out grid.png
+"""
+import ml_collections
+
+from jaxgen.config import base_config
+
+PRESETS = ('default', 'cpu', 'smoke')
+
+
+def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
+  if preset not in PRESETS:
+    raise ValueError(f'unknown preset {preset!r}; choose one of {PRESETS}')
+  c = base_config()
+  c.family = 'ddpm'
+  c.data.name = 'fashion_mnist'
+  c.data.image_shape = (28, 28, 1)
+  c.data.pixel_range = (-1.0, 1.0)
+
+  c.batch_size = 128
+  c.num_train_steps = 100_000
+  c.learning_rate = 2e-4
+  c.log_every_steps = 100
+  c.eval_every_steps = 5_000
+  c.checkpoint_every_steps = 5_000
+  c.sample_every_steps = 5_000
+  c.data.eval_examples = 2_048
+  c.optim.name = 'adam'
+  c.optim.warmup_steps = 5_000
+  c.optim.grad_clip = 1.0
+  c.optim.ema_decay = 0.9999
+
+  m = c.model                        # UNet and diffusion process (both fix the checkpoint)
+  m.ch = 64
+  m.ch_mult = (1, 2, 2)              # 28 -> 14 -> 7
+  m.num_res_blocks = 2
+  m.attn_resolutions = (14,)
+  m.dropout = 0.1
+  m.num_heads = 1
+  m.norm_groups = 32
+  m.num_classes = 0                  # > 0: class-conditional, with classifier-free guidance
+  m.p_uncond = 0.1                   # label dropout probability when conditional
+  m.random_flip = False
+  m.timesteps = 1000
+  m.beta_schedule = 'linear'         # linear | cosine
+  m.prediction = 'eps'               # eps | v
+
+  s = c.sampling = ml_collections.ConfigDict()   # defaults of the sampler; sample.py flags override
+  s.steps = ml_collections.config_dict.placeholder(int)      # None: model.timesteps
+  s.sampler = ml_collections.config_dict.placeholder(str)    # None: ancestral at T steps, else ddim
+  s.eta = 0.0
+  s.guidance = 0.0
+  s.sigma = 'beta'                   # ancestral variance: beta | beta_tilde
+  s.clip_x0 = True
+
+  if preset == 'cpu':
+    c.batch_size = 64
+    c.num_train_steps = 3_000
+    c.learning_rate = 1e-3
+    c.optim.warmup_steps = 200
+    c.optim.ema_decay = 0.995
+    c.log_every_steps = 50
+    c.eval_every_steps = 1_000
+    c.checkpoint_every_steps = 1_000
+    c.sample_every_steps = 1_000
+    c.data.eval_examples = 1_024
+    m.ch = 32
+    m.attn_resolutions = ()
+    m.dropout = 0.0
+    m.norm_groups = 8
+    m.num_classes = 10
+    s.steps = 50
+    s.guidance = 1.0
+  elif preset == 'smoke':
+    c.batch_size = 8
+    c.num_train_steps = 4
+    c.log_every_steps = 2
+    c.eval_every_steps = 4
+    c.checkpoint_every_steps = 4
+    c.sample_every_steps = 4
+    c.num_preview = 8
+    c.data.eval_examples = 16
+    c.optim.warmup_steps = 0
+    m.ch = 8
+    m.ch_mult = (1, 2)
+    m.num_res_blocks = 1
+    m.attn_resolutions = (14,)
+    m.dropout = 0.0
+    m.norm_groups = 4
+    m.num_classes = 10
+    s.steps = 5
+    s.guidance = 1.0
+  return c

@@ -1,0 +1,113 @@
+"""The DDPM UNet of Ho et al. 2020 (a PixelCNN++-style backbone) as a Flax Linen module.
+
+eps_theta(x_t, t, label): x_t (B, H, W, C), t (B,) int timesteps, label (B,) int or None -> (B, H, W, C).
+Sinusoidal time embedding + MLP; residual blocks (GroupNorm, swish, dropout) at channel widths
+ch * ch_mult[i]; self-attention at the spatial sizes in attn_resolutions and in the middle; stride-2 conv
+down-sampling, nearest up-sampling, skip connections from every down block to its up block. A label
+embedding (num_classes + 1 rows; the last is the null label of classifier-free guidance) is added to the
+time embedding. Layers whose output joins a residual path start at zero, as in the paper's code.
+"""
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal embedding [sin(t w_k), cos(t w_k)], w_k = max_period^(-k / (dim/2 - 1)): (B,) -> (B, dim)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+  args = t.astype(jnp.float32)[:, None] * freqs[None, :]   # (B, half)
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+class ResBlock(nn.Module):
+  """h = conv(dropout(act(GN(conv(act(GN(x))) + W act(temb))))); returns shortcut(x) + h."""
+  features: int
+  dropout: float
+  norm_groups: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, temb, train: bool):
+    h = nn.swish(nn.GroupNorm(self.norm_groups, dtype=self.dtype)(x))
+    h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(h)
+    h = h + nn.Dense(self.features, dtype=self.dtype)(nn.swish(temb))[:, None, None, :]   # (B, 1, 1, F)
+    h = nn.swish(nn.GroupNorm(self.norm_groups, dtype=self.dtype)(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = nn.Conv(self.features, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+    if x.shape[-1] != self.features:
+      x = nn.Dense(self.features, dtype=self.dtype)(x)   # 1x1 projection of the shortcut
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """x + proj(softmax(q k^T / sqrt(d)) v) over the H*W positions, q, k, v = 1x1 projections of GN(x)."""
+  num_heads: int
+  norm_groups: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    b, height, width, c = x.shape
+    h = nn.GroupNorm(self.norm_groups, dtype=self.dtype)(x).reshape(b, height * width, c)
+    qkv = nn.DenseGeneral((3, self.num_heads, c // self.num_heads), dtype=self.dtype)(h)   # (B, L, 3, N, D)
+    h = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])            # (B, L, N, D)
+    h = nn.DenseGeneral(c, axis=(-2, -1), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+    return x + h.reshape(b, height, width, c)
+
+
+class UNet(nn.Module):
+  """Ho et al.'s CIFAR-10 model is ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)."""
+  out_channels: int
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  num_heads: int = 1
+  norm_groups: int = 32
+  num_classes: int = 0          # > 0: class-conditional; label == num_classes is the null label
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, t, label=None, train: bool = False):
+    res = dict(norm_groups=self.norm_groups, dtype=self.dtype)
+    temb = timestep_embedding(t, self.ch)
+    temb = nn.Dense(4 * self.ch, dtype=self.dtype)(temb)
+    temb = nn.Dense(4 * self.ch, dtype=self.dtype)(nn.swish(temb))   # (B, 4ch)
+    if self.num_classes:
+      if label is None:
+        label = jnp.full(t.shape, self.num_classes, jnp.int32)
+      temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype)(label)
+
+    h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+    hs = [h]
+    for level, mult in enumerate(self.ch_mult):
+      for _ in range(self.num_res_blocks):
+        h = ResBlock(self.ch * mult, self.dropout, **res)(h, temb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = AttnBlock(self.num_heads, **res)(h)
+        hs.append(h)
+      if level != len(self.ch_mult) - 1:
+        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)   # (B, H/2, W/2, C)
+        hs.append(h)
+
+    h = ResBlock(h.shape[-1], self.dropout, **res)(h, temb, train)
+    h = AttnBlock(self.num_heads, **res)(h)
+    h = ResBlock(h.shape[-1], self.dropout, **res)(h, temb, train)
+
+    for level, mult in reversed(list(enumerate(self.ch_mult))):
+      for _ in range(self.num_res_blocks + 1):
+        h = ResBlock(self.ch * mult, self.dropout, **res)(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = AttnBlock(self.num_heads, **res)(h)
+      if level != 0:
+        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)                     # nearest, (B, 2H, 2W, C)
+        h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype)(h)
+
+    h = nn.swish(nn.GroupNorm(self.norm_groups, dtype=self.dtype)(h))
+    h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+    return h.astype(jnp.float32)
