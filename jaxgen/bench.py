@@ -22,7 +22,6 @@ whatever the compute dtype; there is none for CPUs.
 """
 import inspect
 import json
-import math
 import tempfile
 import time
 
@@ -179,8 +178,10 @@ def bench_image_sampler(config, family, state, num: int, repeats: int, ddim_step
 
 
 def bench_gpt_sampler(config, state, num: int, repeats: int, prompt_tokens: int | None, new_tokens: int | None):
-  """Prefill: generate with no new tokens; decode: (generate with new_tokens) - prefill, per token."""
+  """Prefill: the first forward of the family's generate (prompt into a fresh KV cache, or the padded
+  block_size window without one); decode: (generate with new_tokens - prefill) / new_tokens."""
   from jaxgen.families import gpt
+  from jaxgen.models.gpt import init_kv_cache
   W = config.model.block_size
   P = prompt_tokens or W // 2
   M = W - P if new_tokens is None else new_tokens
@@ -189,16 +190,18 @@ def bench_gpt_sampler(config, state, num: int, repeats: int, prompt_tokens: int 
   model = gpt.make_model(config.model)
   prompt = jax.random.randint(jax.random.key(1), (num, P), 0, config.model.vocab_size)
   params = state.params
-  for use_kv_cache in (True, False):
-    generate = gpt.make_generate(model, use_kv_cache=use_kv_cache)
-    call = lambda m: generate(params, prompt, m, 1.0, None, None, jax.random.key(0))
-    first_prefill, prefill = _time_calls(lambda: call(0), repeats)
-    first_total, total = _time_calls(lambda: call(M), repeats)
-    decode_s = max(total['median'] - prefill['median'], 1e-6) / 1e3
-    yield dict(bench='sampler', sampler='kv_cache' if use_kv_cache else 'no_kv_cache', steps=None, num=num,
-               first_call_s=first_prefill + first_total, call_ms_median=total['median'], prompt_tokens=P,
-               new_tokens=M, prefill_tokens_per_s=num * P / (prefill['median'] / 1e3),
-               decode_tokens_per_s=num * M / decode_s)
+  prefills = {
+      'kv_cache': jax.jit(lambda params, x: model.apply({'params': params}, x, kv_cache=init_kv_cache(model, num))),
+      'no_kv_cache': jax.jit(lambda params, x: model.apply({'params': params}, jnp.pad(x, ((0, 0), (0, W - P))))),
+  }
+  for name, prefill_fn in prefills.items():
+    generate = gpt.make_generate(model, use_kv_cache=name == 'kv_cache')
+    first_prefill, prefill = _time_calls(lambda: prefill_fn(params, prompt), repeats)
+    first_total, total = _time_calls(lambda: generate(params, prompt, M, 1.0, None, None, jax.random.key(0)), repeats)
+    decode_s = max(total['median'] - prefill['median'], 1e-3) / 1e3
+    yield dict(bench='sampler', sampler=name, steps=None, num=num, first_call_s=first_prefill + first_total,
+               call_ms_median=total['median'], prompt_tokens=P, new_tokens=M,
+               prefill_tokens_per_s=num * P / (prefill['median'] / 1e3), decode_tokens_per_s=num * M / decode_s)
 
 
 def bench_sampler(config, family, state, num: int | None, repeats: int, ddim_steps: int, ancestral_num: int,

@@ -161,7 +161,9 @@ def classifier(dataset: str, cache_dir: str, data_dir: str | None):
       padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])  # one shape
       logits, f = jax.device_get(apply(params, padded))
       feats.append(f[:len(chunk)])
-      probs.append(jax.nn.softmax(logits[:len(chunk)].astype(np.float64), -1))
+      logits = logits[:len(chunk)].astype(np.float64)
+      p = np.exp(logits - logits.max(-1, keepdims=True))                # softmax
+      probs.append(p / p.sum(-1, keepdims=True))
     return np.concatenate(feats), np.concatenate(probs)
 
   return features_and_probs, info
@@ -184,7 +186,7 @@ def real_images(config, split: str, num: int, batch: int) -> np.ndarray:
 
 def generated_images(sampler, num: int, batch: int, seed: int, options: dict) -> np.ndarray:
   """num samples, float32 in [0, 1], from sampler calls of a fixed size `batch` (compiled once)."""
-  out = [np.asarray(sampler(jax.random.key(seed * 1_000_003 + i), num=batch, **options))
+  out = [np.asarray(sampler(jax.random.fold_in(jax.random.key(seed), i), num=batch, **options))
          for i in range(-(-num // batch))]
   return np.concatenate(out)[:num].astype(np.float32) / 255.0
 
@@ -225,7 +227,8 @@ def _family_eval(config, workdir: str, state, seed: int) -> dict[str, float]:
 
 
 def vae_nll(config, workdir: str, state, k: int, examples: int, seed: int) -> dict:
-  """-log p(x) >= IWAE bound with k samples (jaxgen.families.vae.iwae_bound), via the family's eval_step."""
+  """NLL = -log p(x) <= -L_k, the IWAE bound with k samples (jaxgen.families.vae.iwae_bound, through the
+  family's eval_step): an upper bound on the test NLL that tightens as k grows."""
   if k < 1 or examples < 1:
     raise UserError(f'--iwae_k={k} and --iwae_examples={examples} must be >= 1')
   config = config.copy_and_resolve_references()
