@@ -60,6 +60,13 @@ def filter_logits(logits, temperature, top_k: int | None, top_p):
   return logits
 
 
+def sample_categorical(u, logits):
+  """Inverse-CDF draw from softmax(logits) (B, V) with u in (0, 1] (B,): the first i with c_i >= u c_V,
+  c = cumsum(exp(logits - max)); P(i) = p_i, and tokens of probability 0 are never drawn."""
+  c = jnp.cumsum(jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)), axis=-1)  # (B, V)
+  return jnp.sum(c < u[:, None] * c[:, -1:], axis=-1, dtype=jnp.int32)
+
+
 def make_generate(model: GPT, use_kv_cache: bool = True):
   """Jitted generate(params, prompt_tokens, max_new_tokens, temperature, top_k, top_p, rng,
   num_return_sequences=1) -> int32 (B * num_return_sequences, P + max_new_tokens), prompts first.
@@ -110,15 +117,17 @@ def make_generate(model: GPT, use_kv_cache: bool = True):
 
       logits, state = advance(None, tokens, P)
 
-    def step(carry, i):
+    def step(carry, xs):
       tokens, logits, state = carry
-      logits = filter_logits(logits, temperature, top_k, top_p)
-      token = jax.random.categorical(jax.random.fold_in(rng, i), logits).astype(jnp.int32)  # (B,)
+      i, u = xs
+      token = sample_categorical(u, filter_logits(logits, temperature, top_k, top_p))  # (B,)
       tokens = lax.dynamic_update_slice(tokens, token[:, None], (0, P + i))
       logits, state = advance(state, tokens, P + i + 1)
       return (tokens, logits, state), None
 
-    (tokens, _, _), _ = lax.scan(step, (tokens, logits, state), jnp.arange(max_new_tokens))
+    # all randomness drawn up front: no PRNG calls (loops on CPU) inside the decoding loop
+    u = 1.0 - jax.random.uniform(rng, (max_new_tokens, B))                 # in (0, 1]
+    (tokens, _, _), _ = lax.scan(step, (tokens, logits, state), (jnp.arange(max_new_tokens), u))
     return tokens[:, :P + max_new_tokens]
 
   return jax.jit(generate, static_argnames=('max_new_tokens', 'top_k', 'num_return_sequences'))
