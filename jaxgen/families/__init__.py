@@ -21,7 +21,8 @@ class Family(NamedTuple):
   train_step(state, batch, rng) -> (state, metrics)     jitted; metrics are scalars (means over the batch)
   eval_step(state, batch, rng) -> metrics               jitted; averaged over test batches by the trainer
   make_sampler(state) -> sampler                        sampler(rng, num=..., **family options) is jitted
-  preview(state, batch, rng) -> uint8 (H, W, C) grid | list[str]   what samples/step_<N>.png|.txt shows
+  preview(state, local_batch, rng) -> uint8 (H, W, C) grid | list[str]   what samples/step_<N>.png|.txt
+                                                        shows; local_batch is this process's numpy batch
   """
   init: Callable[[jax.Array], State]
   train_step: Callable[[State, Batch, jax.Array], tuple[State, Metrics]]

@@ -167,8 +167,9 @@ def train_and_evaluate(config, workdir: str):
   try:
     with StopRequest() as stop:
       while step < config.num_train_steps and stop.signal is None:
-        batch = sharding.global_batch(next(train_iter), bsharding)
-        state, metrics = train_step(state, batch, jax.random.fold_in(keys['train'], step))
+        local_batch = next(train_iter)              # this process's numpy share of the global batch
+        state, metrics = train_step(state, sharding.global_batch(local_batch, bsharding),
+                                    jax.random.fold_in(keys['train'], step))
         step += 1
         bar.update(1)
         throughput.started(step, metrics)
@@ -190,7 +191,7 @@ def train_and_evaluate(config, workdir: str):
           writer.scalars(step, eval_metrics)
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
         if step % config.sample_every_steps == 0 or step == config.num_train_steps:
-          path = writer.samples(step, family.preview(state, batch, jax.random.fold_in(keys['sample'], step)))
+          path = writer.samples(step, family.preview(state, local_batch, jax.random.fold_in(keys['sample'], step)))
           if path:
             bar.write(f'step {step}: samples in {path}')
         if step % config.checkpoint_every_steps == 0 or done:
