@@ -74,7 +74,11 @@ LOSSES = {
 
 
 def r1_penalty(logits_fn, real, gamma: float):
-  """R1 (Mescheder et al. 2018) = gamma/2 E_x ||grad_x l(x)||^2 on real data; logits_fn: (B, ...) -> (B,)."""
+  """R1 (Mescheder et al. 2018) = gamma/2 E_x ||grad_x l(x)||^2 on real data; logits_fn: (B, ...) -> (B,).
+
+  The gradient of sum_i l(x_i) is per-example only without batch coupling: with d_norm='batch' it also
+  flows through the batch statistics, so R1 is meant for d_norm='spectral' or 'none'.
+  """
   grads = jax.grad(lambda x: jnp.sum(logits_fn(x)))(real)        # (B, H, W, C)
   return 0.5 * gamma * jnp.mean(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), -1))
 
@@ -111,6 +115,8 @@ def _check_config(config) -> None:
     raise UserError(f'unknown gan.loss {config.gan.loss!r}; choose one of {sorted(LOSSES)}')
   if config.gan.n_critic < 1:
     raise UserError(f'gan.n_critic={config.gan.n_critic} must be >= 1')
+  if config.model.d_norm not in ('batch', 'spectral', 'none'):
+    raise UserError(f'unknown model.d_norm {config.model.d_norm!r}; use batch, spectral or none')
   if config.gan.r1_gamma < 0:
     raise UserError(f'gan.r1_gamma={config.gan.r1_gamma} must be >= 0 (0 disables R1)')
 
@@ -164,7 +170,7 @@ def make_steps(config) -> Steps:
     """L_D (+ R1) for one critic update; returns (loss, (metrics, new D batch_stats))."""
     fake, _ = generate(variables(state, G), jax.random.normal(rng, (real.shape[0], latent_dim)), labels)
     fake = jax.lax.stop_gradient(fake)
-    real_logits, stats = discriminate({'params': d_params, 'batch_stats': state.batch_stats[D]}, real, labels)
+    real_logits, stats = discriminate(variables(state, D, d_params), real, labels)
     fake_logits, stats = discriminate({'params': d_params, 'batch_stats': stats}, fake, labels)
     d_loss = d_loss_fn(real_logits, fake_logits)
     metrics = dict(d_loss=d_loss, d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
