@@ -82,12 +82,12 @@ def test_gpt2_init_scales_residual_projections(tiny):
 
 def greedy_reference(model, params, prompt, num_new):
   """argmax decoding from full forward passes over the context the cached sampler keeps: it grows to
-  block_size tokens, then restarts from the last block_size // 2."""
+  block_size tokens, then restarts from the last block_size // 2 + 1 (the newest included)."""
   forward = jax.jit(lambda x: model.apply({'params': params}, x)[0])
   tokens, start = list(prompt), max(len(prompt) - W, 0)
   for _ in range(num_new):
     if len(tokens) - start > W:
-      start = len(tokens) - W // 2
+      start = len(tokens) - (W // 2 + 1)
     context = tokens[start:]
     logits = forward(jnp.asarray([context + [0] * (W - len(context))]))   # causal: padding is never seen
     tokens.append(int(jnp.argmax(logits[0, len(context) - 1])))

@@ -73,11 +73,15 @@ def make_generate(model: GPT, use_kv_cache: bool = True):
 
   prompt_tokens (B, P), P >= 1. The context is the last block_size tokens. With the KV cache the prompt is
   prefilled once and each new token costs one position; when the cache is full (learned positions cannot
-  shift) it restarts from the last block_size // 2 tokens, so the context is between half and all of the
-  block. use_kv_cache=False recomputes the full last-block_size window for every token, as nanoGPT does
-  (the baseline for tests and benchmarks; both agree while P + max_new_tokens <= block_size).
+  shift) it is refilled with the last block_size // 2 tokens before the newest, so the context holds
+  between half and all of the block. use_kv_cache=False recomputes the last block_size tokens for every
+  new token, as nanoGPT does (the baseline for tests and benchmarks; both agree while
+  P + max_new_tokens <= block_size). Only the refill sits in a lax.cond and the newest token's step is
+  outside it: with the step inside both branches, XLA copied the whole cache every token.
   """
   W = model.block_size
+  if W < 2:
+    raise ValueError('generate needs block_size >= 2')
 
   def generate(params, prompt_tokens, max_new_tokens, temperature, top_k, top_p, rng, num_return_sequences=1):
     prompt = jnp.repeat(jnp.asarray(prompt_tokens, jnp.int32), num_return_sequences, axis=0)  # (B, P)
@@ -96,18 +100,14 @@ def make_generate(model: GPT, use_kv_cache: bool = True):
         """Logits after the n tokens so far, feeding only the newest (tokens[:, n - 1]) to the cache."""
         kv_cache, length = state                                     # length: positions filled
 
-        def restart(kv_cache):
-          keep = W // 2
-          logits, kv_cache = apply(lax.dynamic_slice(tokens, (0, n - keep), (B, keep)), kv_cache=kv_cache)
-          return logits[:, -1], kv_cache, jnp.int32(keep)
+        def restart(kv_cache):  # refill positions [0, W // 2) with the W // 2 tokens before the newest
+          _, kv_cache = apply(lax.dynamic_slice(tokens, (0, n - 1 - W // 2), (B, W // 2)), kv_cache=kv_cache)
+          return kv_cache, jnp.int32(W // 2)
 
-        def append(kv_cache):
-          newest = lax.dynamic_slice(tokens, (0, n - 1), (B, 1))
-          logits, kv_cache = apply(newest, kv_cache=kv_cache, cache_index=length)
-          return logits[:, -1], kv_cache, length + 1
-
-        logits, kv_cache, length = lax.cond(length == W, restart, append, kv_cache)
-        return logits, (kv_cache, length)
+        kv_cache, length = lax.cond(length == W, restart, lambda kv_cache: (kv_cache, length), kv_cache)
+        newest = lax.dynamic_slice(tokens, (0, n - 1), (B, 1))
+        logits, kv_cache = apply(newest, kv_cache=kv_cache, cache_index=length)
+        return logits[:, -1], (kv_cache, length + 1)
     else:
       def advance(state, tokens, n):
         """Logits after the n tokens so far, recomputing the window tokens[:, max(n - W, 0) : n]."""
