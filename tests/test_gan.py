@@ -15,6 +15,8 @@ import pytest
 from jaxgen.errors import UserError
 from jaxgen.families import gan
 from jaxgen.models.dcgan import ConvTranspose2x, Discriminator, Generator
+from jaxgen.train import trainer
+from tests.support.mock_tfds import mock_images
 
 _CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
                        'gan_fashion_mnist.py')
@@ -319,3 +321,20 @@ def test_config_presets():
   assert tuple(default.data.pixel_range) == (-1.0, 1.0)
   with pytest.raises(ValueError, match='smoke'):
     load_config_module().get_config('huge')
+
+
+@pytest.mark.slow
+def test_conditional_smoke_run_writes_checkpoints_and_grid_and_resumes_bit_exactly(tmp_path):
+  def train(workdir, steps):
+    config = smoke_config(**{'model.conditional': True})
+    config.num_train_steps = steps
+    config.data.data_dir = str(tmp_path / 'tfds')
+    with mock_images():
+      return trainer.train_and_evaluate(config, str(workdir))
+
+  straight = train(tmp_path / 'straight', 6)
+  train(tmp_path / 'resumed', 3)
+  resumed = train(tmp_path / 'resumed', 6)
+  assert sorted(os.listdir(tmp_path / 'resumed' / 'checkpoints')) == ['3', '6']
+  assert os.path.exists(tmp_path / 'resumed' / 'samples' / 'step_000006.png')
+  assert_trees_equal(straight, resumed)                          # params, BN stats, both Adam states, EMA
