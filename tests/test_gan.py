@@ -1,6 +1,5 @@
 """GAN math and the joint step: closed-form losses, gradient saturation, R1, which update touches what."""
 import functools
-import importlib.util
 import math
 import os
 from typing import Any, Callable, NamedTuple
@@ -12,25 +11,15 @@ import numpy as np
 import optax
 import pytest
 
+from configs import gan_fashion_mnist
 from jaxgen.errors import UserError
 from jaxgen.families import gan
 from jaxgen.models.dcgan import ConvTranspose2x, Discriminator, Generator
 from jaxgen.train import trainer
 from tests.support.mock_tfds import mock_images
 
-_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                       'gan_fashion_mnist.py')
-
-
-def load_config_module():
-  spec = importlib.util.spec_from_file_location('gan_fashion_mnist', _CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def smoke_config(**overrides):
-  config = load_config_module().get_config('smoke')
+  config = gan_fashion_mnist.get_config('smoke')
   for key, value in overrides.items():
     *path, name = key.split('.')
     node = config
@@ -316,11 +305,11 @@ def test_preview_uses_fixed_noise_and_one_row_per_class(conditional):
 
 
 def test_config_presets():
-  default = load_config_module().get_config('default')
+  default = gan_fashion_mnist.get_config('default')
   assert (default.batch_size, default.learning_rate, default.optim.b1) == (128, 2e-4, 0.5)
   assert tuple(default.data.pixel_range) == (-1.0, 1.0)
   with pytest.raises(ValueError, match='smoke'):
-    load_config_module().get_config('huge')
+    gan_fashion_mnist.get_config('huge')
 
 
 @pytest.mark.slow
