@@ -199,7 +199,7 @@ def build(config, workdir: str) -> Family:
       if top_p is not None and not 0 < top_p <= 1:
         raise UserError(f'top_p={top_p} must be in (0, 1]')
       context = tokenizer().encode(prompt or '\n')
-      top_k = None if top_k is None else min(int(top_k), config.model.vocab_size)
+      top_k = None if top_k is None or top_k >= config.model.vocab_size else int(top_k)   # as nanoGPT: clip
       top_p = None if top_p == 1 else top_p
       tokens = generate(params, context[None], int(max_new_tokens), temperature, top_k, top_p, rng,
                         num_return_sequences=int(num))
