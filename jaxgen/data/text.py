@@ -58,10 +58,10 @@ def _tokens_path(workdir: str, split: str) -> str:
   return os.path.join(workdir, 'data', f'{split}.npy')
 
 
-def _save_atomic(path: str, write) -> None:
+def _save_atomic(path: str, write, mode: str = 'w') -> None:
   """Processes sharing the workdir write identical content; os.replace makes the last one win cleanly."""
   tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb' if path.endswith('.npy') else 'w') as f:
+  with open(tmp, mode) as f:
     write(f)
   os.replace(tmp, path)
 
@@ -95,8 +95,8 @@ def setup(config, workdir: str) -> None:
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
     for split, text in (('train', train_text), ('val', val_text)):
       ids = tokenizer.encode(text).astype(dtype)
-      _save_atomic(_tokens_path(workdir, split), lambda f: np.save(f, ids))
-    tokenizers.save(tokenizer, workdir)
+      _save_atomic(_tokens_path(workdir, split), lambda f: np.save(f, ids), 'wb')
+    _save_atomic(os.path.join(workdir, tokenizers.FILENAME), lambda f: json.dump(tokenizer.to_json(), f))
     _save_atomic(meta_path, lambda f: json.dump(meta, f))
   block = config.model.block_size + 1
   for split in ('train', 'val'):

@@ -1,4 +1,4 @@
-"""Tokenizers trained offline and stored as JSON in the workdir (no pickle): char, byte (256) and BPE.
+"""Tokenizers trained offline and stored as JSON (workdir/tokenizer.json, no pickle): char, byte (256), BPE.
 
 config.data.tokenizer picks one: 'char' (the sorted characters of the training split), 'byte' (UTF-8
 bytes) or 'bpe' (byte-level BPE with config.data.bpe_vocab_size merges' worth of vocabulary, trained
@@ -102,14 +102,6 @@ def from_json(spec: dict) -> Tokenizer:
   if spec['type'] == 'byte':
     return ByteTokenizer()
   return BPETokenizer(hf.Tokenizer.from_str(json.dumps(spec['tokenizer'])))
-
-
-def save(tokenizer: Tokenizer, workdir: str) -> None:
-  path = os.path.join(workdir, FILENAME)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(tokenizer.to_json(), f)
-  os.replace(tmp, path)  # atomic: processes sharing the workdir write identical files
 
 
 def load(workdir: str) -> Tokenizer:
