@@ -23,9 +23,10 @@ def get_config(preset: str = 'default'):
   c.sample_every_steps = 5_000
   if preset == 'default':
     pass
-  elif preset == 'cpu':
-    c.num_train_steps = 3_000
-    c.eval_every_steps = 3_000
+  elif preset == 'cpu':               # ~4 epochs; narrower convs keep a step cheap on 2 cores
+    c.model.features = (16, 32)
+    c.num_train_steps = 2_000
+    c.eval_every_steps = 2_000
     c.checkpoint_every_steps = 1_000
     c.sample_every_steps = 1_000
     c.data.eval_examples = 2_048

@@ -4,6 +4,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxgen.models.layers import ConvTranspose2x
+
 
 class Encoder(nn.Module):
   features: Sequence[int]
@@ -35,7 +37,7 @@ class Decoder(nn.Module):
     x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype)(z))
     x = nn.gelu(nn.Dense(grid[0] * grid[1] * grid[2], dtype=self.dtype)(x)).reshape(-1, *grid)
     for f in reversed(self.features):                       # each doubles H and W
-      x = nn.gelu(nn.ConvTranspose(f, (4, 4), strides=(2, 2), dtype=self.dtype)(x))
+      x = nn.gelu(ConvTranspose2x(f, dtype=self.dtype)(x))
     x = nn.Conv(c, (3, 3), dtype=self.dtype)(x)
     return x.astype(jnp.float32)                            # (B, H, W, C): Bernoulli logits or Gaussian mean
 
