@@ -38,11 +38,12 @@ def main(argv):
   from jaxgen import images
   sampler = jaxgen.load_sampler(FLAGS.workdir, FLAGS.checkpoint_step)
   options = {k: FLAGS[k].value for k in FAMILY_OPTIONS if FLAGS[k].value is not None}
-  accepted = inspect.signature(sampler).parameters
-  for name in options:
-    if name not in accepted:
-      raise UserError(f'--{name} does not apply to this model; its options are '
-                      + ', '.join(f'--{p}' for p in accepted if p != 'rng'))
+  params = inspect.signature(sampler).parameters
+  if not any(p.kind is p.VAR_KEYWORD for p in params.values()):   # else the sampler checks its own options
+    for name in options:
+      if name not in params:
+        raise UserError(f'--{name} does not apply to this model; its options are '
+                        + ', '.join(f'--{p}' for p in params if p != 'rng'))
   out = sampler(jax.random.key(FLAGS.seed), **options)
   if isinstance(out, list):                              # texts
     path = FLAGS.out or os.path.join(FLAGS.workdir, 'samples', 'sample.txt')

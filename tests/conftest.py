@@ -4,6 +4,9 @@ import sys
 
 import pytest
 
+# Tests compile many small XLA programs: skip XLA's backend optimisation (about half the compile time).
+os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
