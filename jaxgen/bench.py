@@ -267,7 +267,7 @@ def table(records: list[dict]) -> str:
 
 def run_benchmarks(config, config_name: str, *, train=True, steps=20, warmup=2, sampler=False, data_=False,
                    num=None, repeats=3, ddim_steps=50, ancestral_num=8, prompt_tokens=None, new_tokens=None,
-                   emit=print):
+                   emit=lambda line: print(line, flush=True)):
   """Runs the chosen benchmarks; emits each record as a JSON line as it is measured and returns them."""
   if steps < 1 or repeats < 1:
     raise UserError(f'--steps={steps} and --repeats={repeats} must be >= 1')
