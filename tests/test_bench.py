@@ -38,8 +38,12 @@ def load_config(name: str, preset: str = 'smoke'):
 
 
 def run(name: str, **options) -> list[dict]:
+  return run_on(load_config(name), **options)
+
+
+def run_on(config, **options) -> list[dict]:
   lines = []
-  records = bench.run_benchmarks(load_config(name), f'configs/{name}.py:smoke', emit=lines.append, **options)
+  records = bench.run_benchmarks(config, f'configs/{config.family}:smoke', emit=lines.append, **options)
   assert [json.loads(line) for line in lines] == records        # each record is emitted as one JSON line
   return records
 
@@ -151,3 +155,14 @@ def test_importing_bench_and_eval_defines_no_flags():
   from jaxgen import eval as jaxgen_eval
   del jaxgen_eval
   assert not {'steps', 'sampler', 'num', 'config'} & set(absl.flags.FLAGS)
+
+
+def test_data_bench_reads_the_real_pipeline(tmp_path):
+  config = load_config('gpt_shakespeare_char')
+  config.data.text_file = str(tmp_path / 'corpus.txt')
+  (tmp_path / 'corpus.txt').write_text('to be or not to be, that is the question\n' * 200)
+  (record,) = run_on(config, train=False, data_=True, steps=3, warmup=1)
+  assert set(record) == COMMON | {'batch_size', 'batches', 'batch_ms_median', 'examples_per_s', 'tokens_per_s'}
+  assert record['batches'] == 3 and record['batch_size'] == config.batch_size
+  assert record['tokens_per_s'] == pytest.approx(record['examples_per_s'] * config.model.block_size)
+  assert_positive_figures(record)
