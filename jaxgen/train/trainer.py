@@ -38,7 +38,10 @@ def abstract_state(family: families.Family, mesh, seed: int):
 def create_state(family: families.Family, mesh, seed: int):
   """Initialise the state directly into its shardings; returns (state, shardings)."""
   shardings = jax.tree.map(lambda x: x.sharding, abstract_state(family, mesh, seed))
-  state = jax.jit(lambda k: nn.meta.unbox(family.init(k)), out_shardings=shardings)(run_keys(seed)['init'])
+  # init runs once: on CPU, XLA's backend optimisation of its random draws costs far more than it saves
+  options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
+  state = jax.jit(lambda k: nn.meta.unbox(family.init(k)), out_shardings=shardings,
+                  compiler_options=options)(run_keys(seed)['init'])
   return state, shardings
 
 
