@@ -1,4 +1,5 @@
 """What the command-line entry points share: one-line errors and multi-host start-up."""
+import os
 import re
 import sys
 
@@ -50,3 +51,14 @@ def init_distributed(coordinator: str | None, num_processes: int | None, process
     jax.distributed.initialize(coordinator, num_processes, process_id)
   elif num_processes and num_processes > 1:
     raise UserError('--num_processes > 1 needs --coordinator HOST:PORT (and --process_id)')
+  elif cluster_detected():
+    jax.distributed.initialize()      # JAX reads coordinator, process count and id from the cluster
+
+
+def cluster_detected() -> bool:
+  """A task of a multi-task SLURM job step, or a Cloud TPU VM (pod workers find each other through the TPU
+  metadata): where jax.distributed.initialize() configures itself. One SLURM task or no cluster: False."""
+  from jax._src import clusters     # JAX's own detection; no public API tells a TPU VM or a SLURM step
+  if clusters.SlurmCluster.is_env_present():
+    return int(os.environ['SLURM_NTASKS']) > 1
+  return clusters.GceTpuCluster.is_env_present() or clusters.GkeTpuCluster.is_env_present()
