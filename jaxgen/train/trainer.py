@@ -167,6 +167,15 @@ def train_and_evaluate(config, workdir: str):
   pending = []                                      # metrics (on device) since the last log
   bar = tqdm(initial=step, total=config.num_train_steps, disable=jax.process_index() != 0,
              dynamic_ncols=True, mininterval=1.0, unit='step')
+
+  saved = []
+
+  def save(step):
+    if not state_is_finite(state):                  # never save a state that went non-finite
+      check_finite(step, {'state': float('nan')})
+    checkpointing.save(mngr, step, state, train_iter)
+    saved.append(step)
+
   try:
     with StopRequest() as stop:
       while step < config.num_train_steps and stop.signal is None:
@@ -198,9 +207,9 @@ def train_and_evaluate(config, workdir: str):
           if path:
             bar.write(f'step {step}: samples in {path}')
         if step % config.checkpoint_every_steps == 0 or done:
-          if not state_is_finite(state):            # never save a state that went non-finite
-            check_finite(step, {'state': float('nan')})
-          checkpointing.save(mngr, step, state, train_iter)
+          save(step)
+      if stop.signal is not None and saved[-1:] != [step]:   # the signal came after this step's checks
+        save(step)
   finally:
     mngr.wait_until_finished()      # an in-flight save of a good state completes even when stopping on errors
     mngr.close()
