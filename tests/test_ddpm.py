@@ -1,24 +1,19 @@
 """DDPM family: forward-process closed forms, posterior, parameterisations, samplers, guidance, sampler API."""
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import ddpm_cifar10, ddpm_fashion_mnist
 from jaxgen.errors import UserError
 from jaxgen.families import ddpm
-from jaxgen.models.unet import UNet
+from jaxgen.models.unet import GroupNorm, UNet
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = {'ddpm_fashion_mnist': ddpm_fashion_mnist, 'ddpm_cifar10': ddpm_cifar10}
 
 
 def load_config(preset, name='ddpm_fashion_mnist'):
-  spec = importlib.util.spec_from_file_location(name, ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return CONFIGS[name].get_config(preset)
 
 
 def random_state(family, seed=0):
@@ -125,7 +120,7 @@ def gaussian_data_sample(kind, steps, eta=0.0, sigma='beta_tilde', mu=0.3, s=0.5
     abar = sched.alphas_cumprod[t][:, None]
     return jnp.sqrt(1 - abar) * (x_t - jnp.sqrt(abar) * mu) / (abar * s**2 + 1 - abar)
 
-  return ddpm.sample(eps_fn, sched, jax.random.key(0), (50_000, 1), steps, kind, eta=eta, sigma=sigma)
+  return ddpm.sample(eps_fn, sched, jax.random.key(0), (16_384, 1), steps, kind, eta=eta, sigma=sigma)
 
 
 @pytest.mark.parametrize('sigma', ['beta', 'beta_tilde'])
@@ -138,7 +133,7 @@ def test_ancestral_sampler_with_exact_eps_reproduces_gaussian_data(sigma):
 def test_ddim_with_exact_eps_reproduces_gaussian_data_as_steps_grow():
   samples = [gaussian_data_sample('ddim', steps) for steps in (10, 100, 1000)]
   errors = [abs(float(x.std()) - 0.5) for x in samples]
-  assert errors[0] > errors[1] > errors[2] and errors[2] < 0.005
+  assert errors[0] > errors[1] > errors[2] and errors[2] < 0.01
   assert abs(float(samples[2].mean()) - 0.3) < 0.01
 
 
@@ -175,6 +170,15 @@ def test_guidance_zero_equals_the_conditional_model():
   assert float(jnp.max(jnp.abs(cond - uncond))) > 1e-3                         # the label matters
   np.testing.assert_allclose(guided0, cond, atol=1e-5)
   np.testing.assert_allclose(guided2, 3 * cond - 2 * uncond, atol=1e-4)
+
+
+def test_group_norm_matches_flax_group_norm():
+  import flax.linen as nn
+  rng = np.random.default_rng(0)
+  x = jnp.float32(3.0 + 2.0 * rng.standard_normal((2, 5, 7, 12)))
+  params = {'params': {'scale': jnp.float32(rng.standard_normal(12)), 'bias': jnp.float32(rng.standard_normal(12))}}
+  ours = GroupNorm(4, jnp.float32).apply(params, x)
+  np.testing.assert_allclose(ours, nn.GroupNorm(4, epsilon=1e-6).apply(params, x), atol=2e-5)
 
 
 @pytest.fixture(scope='module')
@@ -231,3 +235,18 @@ def test_configs_build_and_reject_unknown_presets(name):
   ddpm.build(config, '/unused')
   with pytest.raises(ValueError, match='smoke'):
     load_config('nope', name)
+
+
+@pytest.mark.slow
+def test_smoke_run_then_sample_py_writes_a_grid(cli, tmp_path):
+  workdir = tmp_path / 'run'
+  cli('train.py', '--config', 'configs/ddpm_fashion_mnist.py:smoke', '--workdir', str(workdir),
+      f'--config.data.data_dir={tmp_path}/tfds')
+  assert (workdir / 'samples' / 'step_000004.png').exists() and (workdir / 'checkpoints' / '4').exists()
+  out = tmp_path / 'grid.png'
+  cli('sample.py', '--workdir', str(workdir), '--steps', '10', '--label', '3', '--guidance', '2', '--num', '6',
+      '--out', str(out), mock_data=False)
+  from PIL import Image
+  assert Image.open(out).size == (3 * 30 + 2, 2 * 30 + 2)     # 6 images of 28x28 in a 3-column grid, 2px padding
+  proc = cli('sample.py', '--workdir', str(workdir), '--steps', '1001', mock_data=False, check=False)
+  assert proc.returncode == 2 and 'steps must be' in proc.stderr

@@ -227,6 +227,8 @@ def build(config, workdir: str) -> families.Family:
                     f'{tuple(mc.ch_mult)}; use fewer levels')
   if mc.prediction not in ('eps', 'v'):
     raise UserError(f'unknown model.prediction {mc.prediction!r}; use eps or v')
+  if config.sampling.sigma not in ('beta', 'beta_tilde'):
+    raise UserError(f'unknown sampling.sigma {config.sampling.sigma!r}; use beta or beta_tilde')
   model = UNet(out_channels=image_shape[-1], ch=mc.ch, ch_mult=tuple(mc.ch_mult), num_res_blocks=mc.num_res_blocks,
                attn_resolutions=tuple(mc.attn_resolutions), dropout=mc.dropout, num_heads=mc.num_heads,
                norm_groups=mc.norm_groups, num_classes=mc.num_classes, dtype=jnp.dtype(mc.dtype))
@@ -296,12 +298,12 @@ def build(config, workdir: str) -> families.Family:
     params = sampling_params(state)
 
     def sampler(rng, num: int = config.num_preview, *, steps=None, sampler=None, eta=None, label=None,
-                guidance=None, **unknown):
+                guidance=None, **options):
       """-> uint8 (num, H, W, C). steps < T: DDIM (default) over evenly spaced steps; sampler='ancestral'|'ddim';
       eta: DDIM noise in [0, 1]; label: class (int or (num,) ints; default cycles the classes);
       guidance: classifier-free guidance weight w."""
-      if unknown:
-        raise UserError(f'unknown DDPM sampler option(s) {sorted(unknown)}; '
+      if options:
+        raise UserError(f'unknown DDPM sampler option(s) {sorted(options)}; '
                         'use steps, sampler, eta, label, guidance')
       steps = config.sampling.steps or mc.timesteps if steps is None else steps
       kind = sampler or config.sampling.sampler or ('ancestral' if steps == mc.timesteps else 'ddim')

@@ -23,6 +23,27 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+class GroupNorm(nn.Module):
+  """GroupNorm (Wu & He 2018) over (H, W, C/G): y = (x - mean_g) / sqrt(var_g + eps) * scale + bias.
+
+  The group moments come from per-channel moments over (H, W), so x is read once for the statistics and
+  once for y = x * a + b with per-(B, C) a, b; a fused pass that runs faster on CPU than nn.GroupNorm.
+  """
+  num_groups: int
+  dtype: Any
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    b, c = x.shape[0], x.shape[-1]
+    x32 = x.astype(jnp.float32)
+    moments = jnp.stack([jnp.mean(x32, axis=(1, 2)), jnp.mean(jnp.square(x32), axis=(1, 2))])   # (2, B, C)
+    mean, mean_sq = jnp.repeat(moments.reshape(2, b, self.num_groups, -1).mean(-1), c // self.num_groups, -1)
+    a = jax.lax.rsqrt(jnp.maximum(mean_sq - mean**2, 0.0) + self.epsilon) * self.param('scale', nn.initializers.ones, (c,))
+    shift = self.param('bias', nn.initializers.zeros, (c,)) - mean * a                             # (B, C)
+    return (x32 * a[:, None, None, :] + shift[:, None, None, :]).astype(self.dtype)
+
+
 class ResBlock(nn.Module):
   """h = conv(dropout(act(GN(conv(act(GN(x))) + W act(temb))))); returns shortcut(x) + h."""
   features: int
@@ -32,10 +53,10 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, temb, train: bool):
-    h = nn.swish(nn.GroupNorm(self.norm_groups, dtype=self.dtype)(x))
+    h = nn.swish(GroupNorm(self.norm_groups, self.dtype)(x))
     h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(h)
     h = h + nn.Dense(self.features, dtype=self.dtype)(nn.swish(temb))[:, None, None, :]   # (B, 1, 1, F)
-    h = nn.swish(nn.GroupNorm(self.norm_groups, dtype=self.dtype)(h))
+    h = nn.swish(GroupNorm(self.norm_groups, self.dtype)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.features, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
     if x.shape[-1] != self.features:
@@ -52,7 +73,7 @@ class AttnBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, height, width, c = x.shape
-    h = nn.GroupNorm(self.norm_groups, dtype=self.dtype)(x).reshape(b, height * width, c)
+    h = GroupNorm(self.norm_groups, self.dtype)(x).reshape(b, height * width, c)
     qkv = nn.DenseGeneral((3, self.num_heads, c // self.num_heads), dtype=self.dtype)(h)   # (B, L, 3, N, D)
     h = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])            # (B, L, N, D)
     h = nn.DenseGeneral(c, axis=(-2, -1), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
@@ -108,6 +129,6 @@ class UNet(nn.Module):
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)                     # nearest, (B, 2H, 2W, C)
         h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype)(h)
 
-    h = nn.swish(nn.GroupNorm(self.norm_groups, dtype=self.dtype)(h))
+    h = nn.swish(GroupNorm(self.norm_groups, self.dtype)(h))
     h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
     return h.astype(jnp.float32)
