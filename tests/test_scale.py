@@ -77,7 +77,7 @@ def test_ddpm_data_parallel_and_fsdp_steps_equal_one_device_steps(tmp_path):
   (here down to the smallest leaves, to shard the smoke model); both equal one device."""
   _skip_absent('ddpm')
   result = _worker(8, 'runs', str(tmp_path), 'ddpm:8:1', 'ddpm:1:8', '--fsdp_min_size=0')
-  for run in result.values():
+  for run in (result['ddpm:8:1'], result['ddpm:1:8']):
     assert run['error'] <= 1, run
     np.testing.assert_allclose(run['losses'], run['reference_losses'], rtol=1e-5)
   assert result['ddpm:1:8']['sharded_bytes_fraction'] < 0.2     # 1/8 for all but a few odd-sized leaves
@@ -126,8 +126,8 @@ def test_checkpoint_moves_between_meshes(scale):
     assert r['error'] == 0 and r['on_target_sharding'], (name, r)
 
 
-def test_checkpoint_from_eight_devices_loads_in_a_one_device_process(scale):
-  """jaxgen.load_state here (one CPU device) reads the checkpoint the 8-device worker wrote, FSDP-sharded."""
+def test_checkpoint_from_eight_devices_loads_in_this_process(scale):
+  """jaxgen.load_state here (pytest's CPU device) reads the FSDP-sharded checkpoint of the 8-device worker."""
   _skip_absent('gpt')
   import jax
   import jaxgen
@@ -135,7 +135,7 @@ def test_checkpoint_from_eight_devices_loads_in_a_one_device_process(scale):
   _, _, state = jaxgen.load_state(workdir, step=1)
   saved = np.load(os.path.join(workdir, 'params.npz'))
   params = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
-  assert sorted(params) == sorted(saved.files) and jax.device_count() == 1
+  assert sorted(params) == sorted(saved.files)
   for path, value in params.items():
     np.testing.assert_array_equal(value, saved[path])
 
