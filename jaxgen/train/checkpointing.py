@@ -79,6 +79,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterato
   """Restore the state (onto the shardings in `abstract_state`) and, if given, the iterator in place."""
   items = dict(state=ocp.args.StandardRestore(abstract_state))
   if data_iterator is not None:
+    position = os.path.join(mngr.directory, str(step), 'data',
+                            f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+    if not os.path.exists(position):
+      raise UserError(f'checkpoint {step} was not written by {jax.process_count()} process(es): resume it with '
+                      'the process count that wrote it (the data position is saved per process)')
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
