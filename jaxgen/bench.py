@@ -1,6 +1,7 @@
 """Benchmarks: python -m jaxgen.bench --config configs/<name>.py[:preset] [--steps N] [--sampler] [--data].
 
-Training and sampling run on synthetic batches of the config's shapes (no dataset needed); --data times
+Training and sampling run on synthetic batches of the config's shapes (no dataset needed; latent diffusion
+needs --config.autoencoder_workdir and encodes the dataset once to fix its latent scale); --data times
 the real input pipeline alone, so a user sees whether input or compute bounds training. Prints one JSON
 line per measurement, then a table. Keys (stable; null where the backend or family has no such figure):
 
@@ -73,6 +74,9 @@ def synthetic_batch(config, rng: np.random.Generator) -> dict:
   n = config.batch_size // jax.process_count()
   if config.family == 'gpt':
     return {'tokens': rng.integers(0, config.model.vocab_size, (n, config.model.block_size + 1), np.int32)}
+  if 'autoencoder' in config:                       # latent diffusion: scaled latents ~ N(0, I)
+    return {'latent': rng.standard_normal((n, config.model.latent_dim), np.float32),
+            'label': rng.integers(0, config.data.num_classes, (n,), np.int32)}
   if 'image_shape' not in config.data:
     raise UserError(f'{config.family} config has no data.image_shape: set --config.data.image_shape=H,W,C')
   lo, hi = config.data.pixel_range
@@ -271,6 +275,11 @@ def run_benchmarks(config, config_name: str, *, train=True, steps=20, warmup=2, 
   """Runs the chosen benchmarks; emits each record as a JSON line as it is measured and returns them."""
   if steps < 1 or repeats < 1:
     raise UserError(f'--steps={steps} and --repeats={repeats} must be >= 1')
+  if 'autoencoder' in config:                      # latent diffusion needs its trained first stage
+    if not config.autoencoder_workdir:
+      raise UserError('benchmarking latent diffusion needs --config.autoencoder_workdir=DIR (a trained VAE workdir)')
+    with tempfile.TemporaryDirectory() as workdir, config.unlocked():
+      data.setup(config, workdir)
   common = dict(config=config_name, family=config.family, **device_info())
   records = []
 

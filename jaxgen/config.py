@@ -1,4 +1,7 @@
 """The config keys every jaxgen config has (as in the Flax examples); families add theirs in `model`."""
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -45,3 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1                  # -1: all devices not used by other axes
   c.mesh.fsdp = 1
   return c
+
+
+def sibling_config(config_file: str, name: str, preset: str) -> ml_collections.ConfigDict:
+  """get_config(preset) of the config `name`.py in the folder of `config_file` (a config built on another)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'jaxgen_config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)

@@ -271,7 +271,7 @@ def evaluate_workdir(workdir: str, num: int | None = None, *, seed: int = 0, bat
     record.update(gpt_metrics(config, family, state, workdir, num or 20, seed))
   else:
     sampler_options = sampler_options or {}
-    if sampler_options and config.family != 'ddpm':
+    if sampler_options and config.family not in ('ddpm', 'ldm'):
       raise UserError(f'--{next(iter(sampler_options))} applies to diffusion models only')
     record.update(image_metrics(config, family, state, num or 10_000, batch, seed, pr_k,
                                 os.path.expanduser(cache_dir), sampler_options))

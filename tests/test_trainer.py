@@ -4,10 +4,10 @@ import os
 
 import jax
 import numpy as np
-import pytest
 
 import jaxgen
 from configs import vae_fashion_mnist
+from tests.conftest import ROOT
 from tests.support.mock_tfds import mock_images
 from jaxgen.train import trainer
 
@@ -45,7 +45,8 @@ def test_cli_smoke_run_writes_outputs_and_samples(tmp_path, cli):
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
   assert json.load(open(workdir / 'config.json'))['family'] == 'vae'
 
-  cli('sample.py', '--workdir', str(workdir), '--num', '9', '--out', str(tmp_path / 'grid.png'), mock_data=False)
+  relative = os.path.relpath(workdir, ROOT)        # Orbax wants absolute paths: jaxgen makes them so
+  cli('sample.py', '--workdir', relative, '--num', '9', '--out', str(tmp_path / 'grid.png'), mock_data=False)
   assert os.path.exists(tmp_path / 'grid.png')
   sampler = jaxgen.load_sampler(str(workdir))
   images = sampler(jax.random.key(0), num=5)

@@ -7,8 +7,11 @@ Every source module provides three functions, dispatched on `config.data.name`:
                                 global batch: dicts of numpy arrays with leading axis batch_size / process_count
   eval_batches(config, workdir) finite iterable of this process's test batches (same layout)
 
+A config with an `autoencoder` (latent diffusion) reads its image dataset's latents under that autoencoder
+(jaxgen.data.latents) instead.
+
 Batches: images {'image': float32 (B, H, W, C) scaled to config.data.pixel_range, 'label': int32 (B,)};
-text {'tokens': int32 (B, block_size + 1)}.
+text {'tokens': int32 (B, block_size + 1)}; latents {'latent': float32 (B, D), 'label': int32 (B,)}.
 """
 import importlib
 
@@ -24,6 +27,8 @@ SOURCES = {
 
 
 def _source(config):
+  if 'autoencoder' in config:
+    return importlib.import_module('jaxgen.data.latents')
   if config.data.name not in SOURCES:
     raise UserError(f'unknown data.name {config.data.name!r}; choose one of {sorted(SOURCES)}')
   return importlib.import_module(SOURCES[config.data.name])

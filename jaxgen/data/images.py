@@ -120,7 +120,7 @@ def _source(config, split: str):
   return tfds.data_source(config.data.name, split=split, data_dir=config.data.data_dir, download=False)
 
 
-def _process_batch_size(config) -> int:
+def process_batch_size(config) -> int:
   if config.batch_size % jax.process_count():
     raise UserError(f'batch_size {config.batch_size} must be a multiple of the number of processes '
                     f'({jax.process_count()})')
@@ -142,7 +142,7 @@ def train_iterator(config, workdir: str) -> grain.DatasetIterator:
   source = _source(config, 'train')
   ds = grain.MapDataset.range(len(source))[jax.process_index()::jax.process_count()]
   ds = ds.shuffle(seed=config.seed).repeat(None)  # the shuffle is reseeded with the epoch
-  ds = ds.batch(_process_batch_size(config), drop_remainder=True).map(ReadBatch(source, config.data.pixel_range))
+  ds = ds.batch(process_batch_size(config), drop_remainder=True).map(ReadBatch(source, config.data.pixel_range))
   ds = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; outside absl.app use their defaults
@@ -155,8 +155,14 @@ def train_iterator(config, workdir: str) -> grain.DatasetIterator:
 def eval_batches(config, workdir: str) -> grain.IterDataset:
   """This process's share of the first test examples, in order: the same number of batches on every process."""
   del workdir
-  source = _source(config, 'test')
-  num_batches = min(config.data.eval_examples, len(source)) // config.batch_size
-  ds = grain.MapDataset.range(num_batches * config.batch_size)[jax.process_index()::jax.process_count()]
-  ds = ds.batch(_process_batch_size(config), drop_remainder=True).map(ReadBatch(source, config.data.pixel_range))
-  return ds.to_iter_dataset(_read_options(config))
+  num_batches = min(config.data.eval_examples, len(_source(config, 'test'))) // config.batch_size
+  return ordered_batches(config, 'test', num_batches * config.batch_size)
+
+
+def ordered_batches(config, split: str, num_examples: int | None = None) -> grain.IterDataset:
+  """This process's share [p::n] of the first `num_examples` (default: all) of `split`, in order, in batches
+  of batch_size / processes (the last one smaller when they do not divide)."""
+  source = _source(config, split)
+  ds = grain.MapDataset.range(min(num_examples or len(source), len(source)))
+  ds = ds[jax.process_index()::jax.process_count()].batch(process_batch_size(config))
+  return ds.map(ReadBatch(source, config.data.pixel_range)).to_iter_dataset(_read_options(config))

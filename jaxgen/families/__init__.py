@@ -6,6 +6,7 @@ A family module defines `build(config, workdir) -> Family`. Adding a family mean
 import importlib
 from typing import Any, Callable, NamedTuple
 
+import flax
 import jax
 import numpy as np
 
@@ -31,8 +32,21 @@ class Family(NamedTuple):
   preview: Callable[[State, Batch, jax.Array], np.ndarray | list[str]]
 
 
+@flax.struct.dataclass
+class TrainState:
+  """The state of a one-network family: step, parameters, Optax state, EMA of the parameters (None without)."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any
+
+  def sampling_params(self):
+    """The parameters to sample and evaluate with: the EMA where there is one."""
+    return self.ema_params if self.ema_params is not None else self.params
+
+
 # family name -> module defining build(config, workdir) -> Family (imported on first use)
-FAMILIES = {name: f'jaxgen.families.{name}' for name in ('vae', 'gan', 'ddpm', 'gpt')}
+FAMILIES = {name: f'jaxgen.families.{name}' for name in ('vae', 'gan', 'ddpm', 'ldm', 'gpt')}
 
 
 def build(config, workdir: str) -> Family:

@@ -6,12 +6,12 @@ Notation: t = 0..T-1 indexes the paper's t = 1..T. alphas_t = 1 - betas_t, abar_
 
 The diffusion functions below work on any array shape (B, ...) and take the denoiser as a function
 eps_fn(x_t, t, label) -> eps (or model_fn -> eps | v for the loss), so another family can reuse them
-on latents with another network. `build` turns them into the jaxgen Family for a UNet on images.
+on latents with another network. `diffusion_family` turns them into a jaxgen Family for any denoiser
+and decoder of samples; `build` is that for a UNet on images (jaxgen.families.ldm: an MLP on VAE latents).
 """
 import functools
 from typing import Any, Callable, NamedTuple
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,15 +209,8 @@ def sample(eps_fn: EpsFn, sched: Schedule, rng, shape, steps: int, kind: str = '
 
 # ---------------------------------------------------------------------------------------- the family
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  ema_params: Any          # None when optim.ema_decay == 0
-
-
 def build(config, workdir: str) -> families.Family:
+  """DDPM on images: a UNet eps/v-model on data.image_shape, samples mapped to uint8 pixels."""
   del workdir
   mc = config.model
   image_shape = tuple(config.data.image_shape)
@@ -225,17 +218,33 @@ def build(config, workdir: str) -> families.Family:
   if image_shape[0] % 2**levels or image_shape[1] % 2**levels:
     raise UserError(f'image size {image_shape[:2]} is not divisible by 2^{levels} for model.ch_mult='
                     f'{tuple(mc.ch_mult)}; use fewer levels')
+  model = UNet(out_channels=image_shape[-1], ch=mc.ch, ch_mult=tuple(mc.ch_mult), num_res_blocks=mc.num_res_blocks,
+               attn_resolutions=tuple(mc.attn_resolutions), dropout=mc.dropout, num_heads=mc.num_heads,
+               norm_groups=mc.norm_groups, num_classes=mc.num_classes, dtype=jnp.dtype(mc.dtype))
+  pixel_range = tuple(config.data.pixel_range)
+
+  def flip(rng, x0):   # horizontal flips of half the images
+    return jnp.where(jax.random.bernoulli(rng, 0.5, (x0.shape[0], 1, 1, 1)), x0[:, :, ::-1], x0)
+
+  return diffusion_family(
+      config, model, image_shape, batch_key='image',
+      decode=lambda decode_params, x0: images.to_uint8(x0, pixel_range),
+      clip=pixel_range if config.sampling.clip_x0 else None, augment=flip if mc.random_flip else None)
+
+
+def diffusion_family(config, model, sample_shape, *, batch_key: str, decode: Callable, decode_params=None,
+                     clip=None, augment: Callable | None = None) -> families.Family:
+  """The DDPM Family for any denoiser `model` (apply(params, x_t, t, label, train=) on x of shape (B,
+  *sample_shape)) trained on batch[batch_key]: L_simple, label dropout, EMA, jitted samplers whose output
+  goes through decode(decode_params, x0) -> uint8 images inside the same jit (pixels, or a VAE decoder)."""
+  mc = config.model
   if mc.prediction not in ('eps', 'v'):
     raise UserError(f'unknown model.prediction {mc.prediction!r}; use eps or v')
   if config.sampling.sigma not in ('beta', 'beta_tilde'):
     raise UserError(f'unknown sampling.sigma {config.sampling.sigma!r}; use beta or beta_tilde')
-  model = UNet(out_channels=image_shape[-1], ch=mc.ch, ch_mult=tuple(mc.ch_mult), num_res_blocks=mc.num_res_blocks,
-               attn_resolutions=tuple(mc.attn_resolutions), dropout=mc.dropout, num_heads=mc.num_heads,
-               norm_groups=mc.norm_groups, num_classes=mc.num_classes, dtype=jnp.dtype(mc.dtype))
   sched = make_schedule(mc.beta_schedule, mc.timesteps)
   tx = optim.make_optimizer(config.learning_rate, config.optim, config.num_train_steps)
   ema_decay = config.optim.ema_decay
-  pixel_range = tuple(config.data.pixel_range)
   conditional = mc.num_classes > 0
 
   def model_fn(params, train=False, dropout_rng=None):
@@ -248,21 +257,18 @@ def build(config, workdir: str) -> families.Family:
       return out_fn
     return lambda x, t, label: eps_from_v(sched, x, t, out_fn(x, t, label))
 
-  def sampling_params(state):
-    return state.ema_params if state.ema_params is not None else state.params
-
   def init(rng):
-    x = jnp.zeros((1, *image_shape), jnp.float32)
+    x = jnp.zeros((1, *sample_shape), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     params = model.init(rng, x, t, t if conditional else None)['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+    return families.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       ema_params=params if ema_decay else None)
 
   def train_step(state, batch, rng):
-    loss_rng, dropout_rng, label_rng, flip_rng = jax.random.split(rng, 4)
-    x0, label = batch['image'], None
-    if mc.random_flip:
-      x0 = jnp.where(jax.random.bernoulli(flip_rng, 0.5, (x0.shape[0], 1, 1, 1)), x0[:, :, ::-1], x0)
+    loss_rng, dropout_rng, label_rng, augment_rng = jax.random.split(rng, 4)
+    x0, label = batch[batch_key], None
+    if augment is not None:
+      x0 = augment(augment_rng, x0)
     if conditional:   # drop labels to the null label with probability p_uncond (classifier-free guidance)
       label = jnp.where(jax.random.bernoulli(label_rng, mc.p_uncond, batch['label'].shape),
                         mc.num_classes, batch['label'])
@@ -277,25 +283,24 @@ def build(config, workdir: str) -> families.Family:
     if ema_decay:   # decay warmed up as min(decay, (1 + n) / (10 + n)) so short runs get a useful EMA
       n = state.step.astype(jnp.float32)
       ema_params = optim.ema_update(ema_params, params, jnp.minimum(ema_decay, (1 + n) / (10 + n)))
-    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'lr': optim.current_lr(config.learning_rate, config.optim, config.num_train_steps, state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params), metrics
 
   def eval_step(state, batch, rng):
     label = batch['label'] if conditional else None
-    return {'loss': l_simple(model_fn(sampling_params(state)), sched, rng, batch['image'], label, mc.prediction)}
+    return {'loss': l_simple(model_fn(state.sampling_params()), sched, rng, batch[batch_key], label, mc.prediction)}
 
   @functools.partial(jax.jit, static_argnames=('num', 'steps', 'kind', 'guided'))
-  def sample_uint8(params, rng, label, eta, guidance, *, num, steps, kind, guided):
+  def sample_uint8(params, decode_params, rng, label, eta, guidance, *, num, steps, kind, guided):
     fn = eps_fn(params)
     if guided:
       fn = guided_eps_fn(fn, guidance, mc.num_classes)
-    clip = pixel_range if config.sampling.clip_x0 else None
-    x0 = sample(fn, sched, rng, (num, *image_shape), steps, kind, label, eta, config.sampling.sigma, clip)
-    return images.to_uint8(x0, pixel_range)   # (num, H, W, C)
+    x0 = sample(fn, sched, rng, (num, *sample_shape), steps, kind, label, eta, config.sampling.sigma, clip)
+    return decode(decode_params, x0)   # uint8 (num, H, W, C)
 
   def make_sampler(state):
-    params = sampling_params(state)
+    params = state.sampling_params()
 
     def sampler(rng, num: int = config.num_preview, *, steps=None, sampler=None, eta=None, label=None,
                 guidance=None, **options):
@@ -329,7 +334,7 @@ def build(config, workdir: str) -> families.Family:
         raise UserError('label needs a class-conditional model (model.num_classes > 0); drop --label')
       else:
         labels = None
-      return sample_uint8(params, rng, labels, jnp.float32(eta), jnp.float32(w),
+      return sample_uint8(params, decode_params, rng, labels, jnp.float32(eta), jnp.float32(w),
                           num=int(num), steps=int(steps), kind=kind, guided=bool(w))
 
     return sampler

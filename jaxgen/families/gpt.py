@@ -8,7 +8,6 @@ optimizer updates, and keeps the accumulator out of the optimizer state and the 
 """
 import functools
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,17 +16,9 @@ from jax import lax
 
 from jaxgen.data import tokenizers
 from jaxgen.errors import UserError
-from jaxgen.families import Family
+from jaxgen.families import Family, TrainState
 from jaxgen.models.gpt import GPT, init_kv_cache
 from jaxgen.train import optim
-
-
-@flax.struct.dataclass
-class State:
-  step: jax.Array
-  params: dict
-  opt_state: optax.OptState
-  ema_params: dict | None
 
 
 def make_model(model_config) -> GPT:
@@ -150,12 +141,12 @@ def build(config, workdir: str) -> Family:
                             rngs=None if rng is None else {'dropout': rng})
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
-  def init(rng) -> State:
+  def init(rng) -> TrainState:
     params = model.init(rng, jnp.zeros((1, config.model.block_size), jnp.int32))['params']
-    return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                  ema_params=params if ema_decay > 0 else None)
 
-  def train_step(state: State, batch, rng):
+  def train_step(state: TrainState, batch, rng):
     B, L = batch['tokens'].shape
     # micro-batch a = rows a, a + A, ...: each device keeps its own rows of every micro-batch
     micro_batches = batch['tokens'].reshape(B // accum, accum, L).swapaxes(0, 1)  # (A, B / A, T + 1)
@@ -174,15 +165,12 @@ def build(config, workdir: str) -> Family:
     state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
     return state, {'loss': losses.mean(), 'grad_norm': optax.tree.norm(grads)}
 
-  def eval_params(state: State):
-    return state.params if state.ema_params is None else state.ema_params
-
-  def eval_step(state: State, batch, rng):
+  def eval_step(state: TrainState, batch, rng):
     del rng
-    return {'loss': loss_fn(eval_params(state), batch['tokens'])}
+    return {'loss': loss_fn(state.sampling_params(), batch['tokens'])}
 
-  def make_sampler(state: State):
-    params = eval_params(state)
+  def make_sampler(state: TrainState):
+    params = state.sampling_params()
 
     def sampler(rng, num: int = 1, prompt: str = '', max_new_tokens: int = config.sample.max_new_tokens,
                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, **options):
@@ -208,7 +196,7 @@ def build(config, workdir: str) -> Family:
 
     return sampler
 
-  def preview(state: State, batch, rng) -> list[str]:
+  def preview(state: TrainState, batch, rng) -> list[str]:
     del batch
     s = config.sample
     return make_sampler(state)(rng, num=config.num_preview, prompt=s.prompt, max_new_tokens=s.max_new_tokens,

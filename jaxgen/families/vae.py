@@ -6,7 +6,6 @@ N(decoder(z), sigma^2 I) with a learned sigma (config.model.likelihood = 'bernou
 import functools
 import math
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,17 +13,9 @@ import optax
 
 from jaxgen import images
 from jaxgen.errors import UserError
-from jaxgen.families import Family
+from jaxgen.families import Family, TrainState
 from jaxgen.models.vae import VAE
 from jaxgen.train import optim
-
-
-@flax.struct.dataclass
-class State:
-  step: jax.Array
-  params: dict
-  opt_state: optax.OptState
-  ema_params: dict | None
 
 
 def gaussian_kl(mean, logvar):
@@ -87,11 +78,16 @@ def iwae_bound(model, params, x, rng, k: int, likelihood: str, chunk: int = 16):
   return jax.nn.logsumexp(log_w, axis=0) - math.log(k)
 
 
+def make_model(config) -> VAE:
+  m = config.model
+  return VAE(features=tuple(m.features), hidden=m.hidden, latent_dim=m.latent_dim,
+             image_shape=tuple(config.data.image_shape), dtype=m.dtype)
+
+
 def build(config, workdir: str) -> Family:
   del workdir
   m = config.model
-  model = VAE(features=tuple(m.features), hidden=m.hidden, latent_dim=m.latent_dim,
-              image_shape=tuple(config.data.image_shape), dtype=m.dtype)
+  model = make_model(config)
   tx = optim.make_optimizer(config.learning_rate, config.optim, config.num_train_steps)
   use_ema = config.optim.ema_decay > 0
   lo, hi = config.data.pixel_range
@@ -101,11 +97,8 @@ def build(config, workdir: str) -> Family:
   def init(rng):
     h, w, c = config.data.image_shape
     params = model.init(rng, jnp.zeros((1, h, w, c)), jnp.zeros((1, m.latent_dim)))['params']
-    return State(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                 ema_params=params if use_ema else None)
-
-  def sampling_params(state):
-    return state.ema_params if use_ema else state.params
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema_params=params if use_ema else None)
 
   def train_step(state, batch, rng):
     def loss_fn(params):
@@ -118,10 +111,10 @@ def build(config, workdir: str) -> Family:
     ema = optim.ema_update(state.ema_params, params, config.optim.ema_decay) if use_ema else None
     metrics = dict(loss=loss, recon_nll=nll.mean(), kl=kl.mean(), neg_elbo=(nll + kl).mean(),
                    grad_norm=optax.tree.norm(grads))
-    return State(state.step + 1, params, opt_state, ema), metrics
+    return TrainState(state.step + 1, params, opt_state, ema), metrics
 
   def eval_step(state, batch, rng):
-    params = sampling_params(state)
+    params = state.sampling_params()
     x = batch['image']
     k1, k2 = jax.random.split(rng)
     nll, kl = elbo_terms(model, params, x, k1, m.likelihood)
@@ -149,7 +142,7 @@ def build(config, workdir: str) -> Family:
     return images.to_uint8(jnp.concatenate([x, recon, interp]), config.data.pixel_range)
 
   def make_sampler(state):
-    params = sampling_params(state)
+    params = state.sampling_params()
 
     def sampler(rng, num: int = 64):
       if num < 1:
@@ -159,7 +152,7 @@ def build(config, workdir: str) -> Family:
 
   def preview(state, batch, rng):
     """Top: prior samples; then 8 inputs, their reconstructions, and 4 rows of latent interpolations."""
-    params = sampling_params(state)
+    params = state.sampling_params()
     x = jax.device_get(batch['image'])[:8]
     prior = images.make_grid(sample_prior(params, rng, 32), ncols=8)
     rows = images.make_grid(reconstruct_and_interpolate(params, x), ncols=len(x))

@@ -65,7 +65,7 @@ def save_config(workdir: str, config) -> None:
 def manager(workdir: str, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options,
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
                                item_names=('state', 'data'))
 
 

@@ -1,0 +1,136 @@
+"""Latents of an image dataset under a trained VAE: the data of latent diffusion (configs with `autoencoder`).
+
+setup trains the first-stage VAE when its workdir holds no run yet (config.autoencoder is its config), then
+records in the config which autoencoder this run depends on (model.autoencoder_step and a fingerprint of
+its parameters) and the latent scale factor s = 1 / std(z) over the encoded training set, so that s z has
+unit variance (Rombach et al. 2022). The latents z = E[q(z|x)] (posterior means) of this process's share
+of the train split are encoded once per process start (seconds for Fashion-MNIST) and held in memory.
+Batches: {'latent': float32 (B, D) = s z, 'label': int32 (B,)}.
+"""
+import hashlib
+import os
+
+import grain
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from jaxgen.data import images
+from jaxgen.errors import UserError
+from jaxgen.train import checkpointing
+
+_TRAIN_LATENTS = {}   # (autoencoder dir, step, fingerprint) -> this process's encoded train split
+
+
+def fingerprint(params) -> str:
+  """sha256 of the parameters' names and bytes (16 hex digits): which autoencoder a run depends on."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
+    digest.update(jax.tree_util.keystr(path).encode() + np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def load_autoencoder(config):
+  """(VAE config, sampling (EMA) params) of config.autoencoder_workdir at model.autoencoder_step (None:
+  latest), checked against model.autoencoder_fingerprint once the run has recorded one."""
+  import jaxgen
+  ae_dir, step = config.autoencoder_workdir, config.model.autoencoder_step
+  if not os.path.exists(checkpointing.config_path(ae_dir)):
+    raise UserError(f'the autoencoder {ae_dir} of this latent diffusion run is missing: restore it, or train a '
+                    'new run (--config.autoencoder_workdir=DIR names a trained VAE workdir)')
+  ae_config, _, state = jaxgen.load_state(ae_dir, step)
+  if ae_config.family != 'vae':
+    raise UserError(f'{ae_dir} holds a {ae_config.family} run; config.autoencoder_workdir must be a vae workdir')
+  params = state.sampling_params()
+  expected = config.model.autoencoder_fingerprint
+  if expected is not None and fingerprint(params) != expected:
+    raise UserError(f'the autoencoder {ae_dir} at step {step} is not the one this run was trained with (fingerprint '
+                    f'{fingerprint(params)}, recorded {expected}): restore it, or train a new run on it')
+  return ae_config, params
+
+
+def _encoder(ae_config, params):
+  from jaxgen.families import vae
+  model = vae.make_model(ae_config)
+  return jax.jit(lambda x: model.apply({'params': params}, x, method=model.encode)[0])
+
+
+def _image_config(config):
+  """`config` reading the autoencoder's images: batches of 1000 (per process) for one encoding pass."""
+  c = config.copy_and_resolve_references()
+  c.batch_size = 1000 * jax.process_count()
+  return c
+
+
+def train_latents(config) -> dict[str, np.ndarray]:
+  """This process's share of the train split, encoded (unscaled posterior means) and labels."""
+  ae_config, params = load_autoencoder(config)
+  key = (config.autoencoder_workdir, config.model.autoencoder_step, fingerprint(params))
+  if key not in _TRAIN_LATENTS:
+    encode = _encoder(ae_config, params)
+    batches = [(np.asarray(encode(b['image'])), b['label'])
+               for b in images.ordered_batches(_image_config(config), 'train')]
+    _TRAIN_LATENTS[key] = {'latent': np.concatenate([z for z, _ in batches]),
+                           'label': np.concatenate([y for _, y in batches])}
+  return _TRAIN_LATENTS[key]
+
+
+def latent_scale(z: np.ndarray) -> float:
+  """1 / std of all latent entries over every process's share: s z has unit variance."""
+  moments = np.array([z.size, z.sum(), np.square(z, dtype=np.float64).sum()], np.float64)
+  n, total, total_sq = multihost_utils.process_allgather(moments).reshape(-1, 3).sum(0)
+  return float(1.0 / np.sqrt(total_sq / n - (total / n) ** 2))
+
+
+def setup(config, workdir: str) -> None:
+  """Train the autoencoder if it has no run yet; fix the autoencoder keys of the config, or reuse those the
+  existing run in `workdir` recorded (and check the autoencoder is still the same)."""
+  previous = (checkpointing.load_config(workdir) if os.path.exists(checkpointing.config_path(workdir))
+              else None)
+  ae_dir = os.path.abspath(config.autoencoder_workdir or os.path.join(workdir, 'autoencoder'))
+  if previous is None and (not config.autoencoder_workdir or not os.path.exists(checkpointing.config_path(ae_dir))):
+    from jaxgen.train import trainer
+    with config.autoencoder.unlocked():     # stage one reads the dataset where this run does
+      config.autoencoder.data.data_dir, config.autoencoder.data.manual_dir = config.data.data_dir, config.data.manual_dir
+    print(f'jaxgen: training the first-stage {config.autoencoder.family} in {ae_dir} (config.autoencoder, '
+          f'{config.autoencoder.num_train_steps} steps); --config.autoencoder_workdir=DIR uses a trained one')
+    trainer.train_and_evaluate(config.autoencoder, ae_dir)   # resumes an interrupted one; no-op when trained
+  with config.unlocked():
+    config.autoencoder_workdir = ae_dir
+    if previous is not None:
+      for key in ('autoencoder_step', 'autoencoder_fingerprint', 'latent_scale', 'latent_dim'):
+        config.model[key] = previous.model[key]
+    ae_config, params = load_autoencoder(config)
+    config.data.name, config.data.pixel_range = ae_config.data.name, ae_config.data.pixel_range
+    images.setup(config, workdir)           # the autoencoder's dataset, read from this run's data_dir
+    if previous is None:
+      config.model.autoencoder_step = int(checkpointing.manager(ae_dir, read_only=True).latest_step())
+      config.model.autoencoder_fingerprint = fingerprint(params)
+      z = train_latents(config)['latent']
+      config.model.latent_scale, config.model.latent_dim = latent_scale(z), int(z.shape[-1])
+
+
+class _Gather(grain.transforms.Map):
+  """Indices (B,) -> {'latent': scale * z[indices], 'label': labels[indices]}."""
+
+  def __init__(self, latents, scale: float):
+    self.latent, self.label, self.scale = latents['latent'], latents['label'], np.float32(scale)
+
+  def map(self, indices):
+    return {'latent': self.scale * self.latent[indices], 'label': self.label[indices]}
+
+
+def train_iterator(config, workdir: str) -> grain.DatasetIterator:
+  """Endless, checkpointable iterator of this process's scaled latent batches; every epoch a new permutation."""
+  del workdir
+  latents = train_latents(config)
+  ds = grain.MapDataset.range(len(latents['label'])).shuffle(seed=config.seed).repeat(None)
+  ds = ds.batch(images.process_batch_size(config), drop_remainder=True)
+  return iter(ds.map(_Gather(latents, config.model.latent_scale)).to_iter_dataset())
+
+
+def eval_batches(config, workdir: str):
+  """The image source's test batches, encoded and scaled."""
+  encode = _encoder(*load_autoencoder(config))
+  for batch in images.eval_batches(config, workdir):
+    yield {'latent': config.model.latent_scale * np.asarray(encode(batch['image'])), 'label': batch['label']}
