@@ -112,3 +112,31 @@ def test_missing_or_changed_autoencoder_is_refused(trained, tmp_path):
   checkpointing.save_config(copy, config)
   with pytest.raises(UserError, match='not the one this run was trained with'):
     jaxgen.load_sampler(copy)
+
+
+def test_resumed_run_on_a_given_autoencoder_equals_the_straight_run(trained, tmp_path):
+  workdir, straight = trained
+  config = smoke_config(tmp_path)
+  config.autoencoder_workdir = os.path.join(workdir, 'autoencoder')   # trained: used as is
+  with mock_images():
+    config.num_train_steps = 2
+    trainer.train_and_evaluate(config.copy_and_resolve_references(), str(tmp_path / 'run'))
+    config.num_train_steps = 4
+    resumed = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert checkpointing.load_config(str(tmp_path / 'run')).model.latent_scale == config.model.latent_scale
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bench_times_latent_training_and_sampling(trained):
+  from jaxgen import bench
+  config = ldm_fashion_mnist.get_config('smoke')
+  config.autoencoder_workdir = os.path.join(trained[0], 'autoencoder')
+  config.data.data_dir = checkpointing.load_config(trained[0]).data.data_dir
+  with mock_images():
+    records = bench.run_benchmarks(config, 'ldm:smoke', steps=2, warmup=1, sampler=True, num=4, repeats=1,
+                                   ddim_steps=3, ancestral_num=2, emit=lambda line: None)
+  train, ddim, ancestral = records
+  assert train['examples_per_s'] > 0 and train['flops_per_step'] > 0
+  assert (ddim['sampler'], ddim['steps'], ancestral['sampler']) == ('ddim', 3, 'ancestral')
+  assert ddim['images_per_s'] > 0 and ancestral['images_per_s'] > 0
