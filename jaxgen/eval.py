@@ -49,6 +49,11 @@ def _data_config(dataset: str, data_dir: str | None, batch_size: int, eval_examp
   return config
 
 
+def classifier_dir(data_dir: str | None) -> str:
+  """Where classifiers are cached: beside the datasets they are trained on (jaxgen writes nowhere else)."""
+  return os.path.join(os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR), 'jaxgen_classifiers')
+
+
 def _classifier_paths(cache_dir: str, dataset: str) -> tuple[str, str]:
   stem = os.path.join(cache_dir, f'classifier_{dataset}')
   return stem + '.npz', stem + '.json'
@@ -257,7 +262,7 @@ def gpt_metrics(config, family, state, workdir: str, num: int, seed: int) -> dic
 # ------------------------------------------------------------------------------------------- CLI
 
 def evaluate_workdir(workdir: str, num: int | None = None, *, seed: int = 0, batch: int = 250, pr_k: int = 3,
-                     cache_dir: str = '~/.cache/jaxgen', iwae_k: int = 1000, iwae_examples: int = 10_000,
+                     cache_dir: str | None = None, iwae_k: int = 1000, iwae_examples: int = 10_000,
                      sampler_options: dict | None = None) -> dict:
   """All metrics of the workdir's family at its latest checkpoint; appends the record to DIR/eval.jsonl."""
   import jaxgen
@@ -274,7 +279,7 @@ def evaluate_workdir(workdir: str, num: int | None = None, *, seed: int = 0, bat
     if sampler_options and config.family not in ('ddpm', 'ldm'):
       raise UserError(f'--{next(iter(sampler_options))} applies to diffusion models only')
     record.update(image_metrics(config, family, state, num or 10_000, batch, seed, pr_k,
-                                os.path.expanduser(cache_dir), sampler_options))
+                                cache_dir or classifier_dir(config.data.get('data_dir')), sampler_options))
     if config.family == 'vae':
       record.update(vae_nll(config, workdir, state, iwae_k, iwae_examples, seed))
   with open(os.path.join(workdir, 'eval.jsonl'), 'a') as f:
@@ -296,8 +301,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('num', None, 'generated samples (default: 10000 images, 20 texts)')
   flags.DEFINE_bool('train-classifier', False, 'train (or retrain) and cache the feature classifier of --dataset')
   flags.DEFINE_string('dataset', 'fashion_mnist', 'with --train-classifier: fashion_mnist | mnist | cifar10')
-  flags.DEFINE_string('cache_dir', os.environ.get('JAXGEN_CACHE', os.path.expanduser('~/.cache/jaxgen')),
-                      'where classifiers are cached (default $JAXGEN_CACHE or ~/.cache/jaxgen)')
+  flags.DEFINE_string('cache_dir', None,
+                      'where classifiers are cached (default: <TFDS data dir>/jaxgen_classifiers)')
   flags.DEFINE_string('data_dir', None, 'TFDS data_dir for --train-classifier (default: TFDS default)')
   flags.DEFINE_integer('iwae_k', 1000, 'VAE: importance samples per test example')
   flags.DEFINE_integer('iwae_examples', 10_000, 'VAE: test examples for the IWAE NLL')
@@ -312,7 +317,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS['train-classifier'].value:
-    train_classifier(FLAGS.dataset, FLAGS.cache_dir, FLAGS.data_dir, FLAGS.seed)
+    train_classifier(FLAGS.dataset, FLAGS.cache_dir or classifier_dir(FLAGS.data_dir), FLAGS.data_dir, FLAGS.seed)
     return
   if not FLAGS.workdir:
     raise UserError('give --workdir DIR (a trained run) or --train-classifier --dataset NAME')

@@ -123,3 +123,12 @@ def test_cached_classifier_of_another_architecture_is_not_used(tmp_path):
   jaxgen_eval.save_classifier(str(tmp_path), 'fashion_mnist', {'w': np.zeros(2, np.float32)},
                               dict(architecture={'features': [1], 'hidden': 1}))
   assert jaxgen_eval.load_classifier_params(str(tmp_path), 'fashion_mnist') is None
+
+
+def test_classifiers_are_kept_beside_the_datasets(tmp_path, monkeypatch):
+  """jaxgen writes only in workdirs and the TFDS data directory."""
+  import tensorflow_datasets as tfds
+  from jaxgen import eval as jaxgen_eval
+  assert jaxgen_eval.classifier_dir(str(tmp_path)) == str(tmp_path / 'jaxgen_classifiers')
+  monkeypatch.setattr(tfds.core.constants, 'DATA_DIR', str(tmp_path / 'default'))
+  assert jaxgen_eval.classifier_dir(None) == str(tmp_path / 'default' / 'jaxgen_classifiers')
