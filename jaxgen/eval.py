@@ -311,6 +311,7 @@ def define_flags() -> None:
   flags.DEFINE_integer('seed', 0, 'sampling seed')
   flags.DEFINE_integer('steps', None, 'diffusion sampling steps (DDIM when fewer than training steps)')
   flags.DEFINE_enum('sampler', None, ['ancestral', 'ddim'], 'diffusion sampler')
+  flags.DEFINE_float('guidance', None, 'diffusion: classifier-free guidance weight (default: the config\'s)')
 
 
 def main(argv):
@@ -324,7 +325,7 @@ def main(argv):
   record = evaluate_workdir(
       FLAGS.workdir, FLAGS.num, seed=FLAGS.seed, batch=FLAGS.batch, pr_k=FLAGS.pr_k, cache_dir=FLAGS.cache_dir,
       iwae_k=FLAGS.iwae_k, iwae_examples=FLAGS.iwae_examples,
-      sampler_options={k: FLAGS[k].value for k in ('steps', 'sampler') if FLAGS[k].value is not None})
+      sampler_options={k: FLAGS[k].value for k in ('steps', 'sampler', 'guidance') if FLAGS[k].value is not None})
   print(format_record(record))
   print(f'appended to {os.path.join(FLAGS.workdir, "eval.jsonl")}')
 
