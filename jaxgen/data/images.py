@@ -163,6 +163,6 @@ def ordered_batches(config, split: str, num_examples: int | None = None) -> grai
   """This process's share [p::n] of the first `num_examples` (default: all) of `split`, in order, in batches
   of batch_size / processes (the last one smaller when they do not divide)."""
   source = _source(config, split)
-  ds = grain.MapDataset.range(min(num_examples or len(source), len(source)))
+  ds = grain.MapDataset.range(len(source) if num_examples is None else min(num_examples, len(source)))
   ds = ds[jax.process_index()::jax.process_count()].batch(process_batch_size(config))
   return ds.map(ReadBatch(source, config.data.pixel_range)).to_iter_dataset(_read_options(config))
