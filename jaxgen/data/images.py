@@ -13,6 +13,7 @@ import urllib.request
 from absl import flags
 import grain
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import requests
 import tensorflow_datasets as tfds
@@ -33,8 +34,12 @@ def setup(config, workdir: str) -> None:
           f'{name} is prepared in {builder.data_dir} as {builder.info.file_format.value}, but Grain reads '
           f'array_record: run `tfds convert_format --dataset_dir={builder.data_dir} --out_file_format=array_record`'
           f' or use another --config.data.data_dir')
-  else:
-    _prepare(config, builder)
+  else:   # process 0 first; then every host whose data_dir is its own (not shared) prepares its copy
+    if jax.process_index() == 0:
+      _prepare(config, builder)
+    multihost_utils.sync_global_devices(f'jaxgen: {name} prepared')
+    if jax.process_index() != 0 and not tfds.builder(name, data_dir=data_dir).is_prepared():
+      _prepare(config, builder)
   features = builder.info.features
   with config.unlocked():
     config.data.image_shape = tuple(features['image'].shape)  # (H, W, C)

@@ -9,6 +9,7 @@ import sys
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -101,17 +102,22 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, data_iter
   the previous one is used. If none restores, the newest error is raised as a UserError.
   """
   first_error = None
-  for step in sorted(mngr.all_steps(), reverse=True):
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for step in steps:
     try:
       state = restore(mngr, step, abstract_state, data_iterator)
     except Exception as e:  # pylint: disable=broad-except  (any failure to read means: try an older one)
       first_error = first_error or e
       continue
-    for bad in (s for s in mngr.all_steps() if s > step):
-      aside = os.path.join(mngr.directory, f'{bad}.corrupt')
-      os.replace(os.path.join(mngr.directory, str(bad)), aside)
-      print(f'warning: checkpoint {bad} could not be restored ({_first_line(first_error)}); '
-            f'moved it to {aside} and resumed from {step}', file=sys.stderr)
+    bad_steps = [s for s in steps if s > step]
+    if bad_steps and jax.process_index() == 0:     # one process moves them; the others wait for it
+      for bad in bad_steps:
+        aside = os.path.join(mngr.directory, f'{bad}.corrupt')
+        os.replace(os.path.join(mngr.directory, str(bad)), aside)
+        print(f'warning: checkpoint {bad} could not be restored ({_first_line(first_error)}); '
+              f'moved it to {aside} and resumed from {step}', file=sys.stderr)
+    if bad_steps:
+      multihost_utils.sync_global_devices('jaxgen: damaged checkpoints moved aside')
     mngr.reload()
     return step, state
   if isinstance(first_error, UserError):
