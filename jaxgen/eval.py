@@ -1,9 +1,9 @@
 """Sample-quality evaluation of a trained workdir; results printed and appended to DIR/eval.jsonl.
 
   python -m jaxgen.eval --workdir DIR [--num N]
-  python -m jaxgen.eval --train-classifier --dataset fashion_mnist     # the feature extractor, cached
+  python -m jaxgen.eval --train-classifier --dataset fashion_mnist     # the feature extractor, kept in the TFDS dir
 
-Image families (gan, vae, ddpm), with N generated images and N real ones:
+Image families (gan, vae, ddpm, ldm), with N generated images and N real ones:
   fd           FD-FMNIST / FD-MNIST / FD-CIFAR10: Fréchet distance between generated and real *train* images in
                the penultimate feature space of a small classifier jaxgen trains itself (jaxgen.models.classifier).
                NOT Inception FID: not comparable with published FIDs; compare runs at the same N.
