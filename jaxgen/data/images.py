@@ -1,8 +1,9 @@
 """Image datasets (fashion_mnist, mnist, cifar10): TFDS ArrayRecord files read through Grain.
 
-Process p of n reads the examples [p::n]; its batches hold batch_size // n examples, and the global batch
-is the concatenation over processes. Training order: a fresh permutation per epoch (shuffle, then repeat),
-deterministic in config.seed, with the iterator position checkpointable (get_state / set_state).
+Training order: a fresh permutation of the split per epoch (shuffle, then repeat), deterministic in
+config.seed, cut into global batches, with the iterator position checkpointable (get_state / set_state).
+Process p of n reads the p-th of n contiguous blocks of each global batch, so the global batch (the
+concatenation over processes) is the same, row for row, whatever the number of processes.
 """
 import importlib.util
 import socket
@@ -101,16 +102,16 @@ def _reachable(host: str, port: int) -> bool:
 
 
 class ReadBatch(grain.transforms.Map):
-  """Indices (B,) -> one batched read of those examples from a TFDS data source, decoded and stacked:
-  {'image': float32 (B, H, W, C) = lo + x / 255 * (hi - lo) for uint8 pixels x, 'label': int32 (B,)}."""
+  """Indices (B,) -> one batched read of indices[rows] from a TFDS data source, decoded and stacked:
+  {'image': float32 (b, H, W, C) = lo + x / 255 * (hi - lo) for uint8 pixels x, 'label': int32 (b,)}."""
 
-  def __init__(self, source, pixel_range):
-    self.source = source
+  def __init__(self, source, pixel_range, rows: slice = slice(None)):
+    self.source, self.rows = source, rows
     lo, hi = pixel_range
     self.table = (lo + np.arange(256) / 255 * (hi - lo)).astype(np.float32)  # rounded once, from float64
 
   def map(self, indices):
-    keys = indices.tolist()
+    keys = indices[self.rows].tolist()
     try:
       examples = self.source.__getitems__(keys)  # one ArrayRecord read for the batch: ~10x faster than one by one
     except TypeError:  # a source without a working batched read, e.g. tfds.testing.mock_data's
@@ -132,6 +133,12 @@ def process_batch_size(config) -> int:
   return config.batch_size // jax.process_count()
 
 
+def process_rows(config) -> slice:
+  """This process's rows of a global batch: the p-th of n contiguous blocks (the global array's row order)."""
+  n = process_batch_size(config)
+  return slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+
+
 def _read_options(config) -> grain.ReadOptions:
   # One thread per buffered batch (per worker process when data.num_workers > 0); 0: read when asked.
   return grain.ReadOptions(num_threads=config.data.prefetch, prefetch_buffer_size=config.data.prefetch)
@@ -145,9 +152,9 @@ def train_iterator(config, workdir: str) -> grain.DatasetIterator:
   """
   del workdir
   source = _source(config, 'train')
-  ds = grain.MapDataset.range(len(source))[jax.process_index()::jax.process_count()]
-  ds = ds.shuffle(seed=config.seed).repeat(None)  # the shuffle is reseeded with the epoch
-  ds = ds.batch(process_batch_size(config), drop_remainder=True).map(ReadBatch(source, config.data.pixel_range))
+  ds = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(None)  # reshuffled every epoch
+  ds = ds.batch(config.batch_size, drop_remainder=True)
+  ds = ds.map(ReadBatch(source, config.data.pixel_range, process_rows(config)))
   ds = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; outside absl.app use their defaults
@@ -158,16 +165,17 @@ def train_iterator(config, workdir: str) -> grain.DatasetIterator:
 
 
 def eval_batches(config, workdir: str) -> grain.IterDataset:
-  """This process's share of the first test examples, in order: the same number of batches on every process."""
+  """This process's rows of the first test examples' global batches, in order (the remainder left out)."""
   del workdir
-  num_batches = min(config.data.eval_examples, len(_source(config, 'test'))) // config.batch_size
-  return ordered_batches(config, 'test', num_batches * config.batch_size)
+  source = _source(config, 'test')
+  num_batches = min(config.data.eval_examples, len(source)) // config.batch_size
+  ds = grain.MapDataset.range(num_batches * config.batch_size).batch(config.batch_size)
+  ds = ds.map(ReadBatch(source, config.data.pixel_range, process_rows(config)))
+  return ds.to_iter_dataset(_read_options(config))
 
 
-def ordered_batches(config, split: str, num_examples: int | None = None) -> grain.IterDataset:
-  """This process's share [p::n] of the first `num_examples` (default: all) of `split`, in order, in batches
-  of batch_size / processes (the last one smaller when they do not divide)."""
+def ordered_batches(config, split: str) -> grain.IterDataset:
+  """All of `split` in order, in batches of batch_size (the last one smaller), whatever this process is."""
   source = _source(config, split)
-  ds = grain.MapDataset.range(len(source) if num_examples is None else min(num_examples, len(source)))
-  ds = ds[jax.process_index()::jax.process_count()].batch(process_batch_size(config))
+  ds = grain.MapDataset.range(len(source)).batch(config.batch_size)
   return ds.map(ReadBatch(source, config.data.pixel_range)).to_iter_dataset(_read_options(config))

@@ -3,8 +3,9 @@
 setup trains the first-stage VAE when its workdir holds no run yet (config.autoencoder is its config), then
 records in the config which autoencoder this run depends on (model.autoencoder_step and a fingerprint of
 its parameters) and the latent scale factor s = 1 / std(z) over the encoded training set, so that s z has
-unit variance (Rombach et al. 2022). The latents z = E[q(z|x)] (posterior means) of this process's share
-of the train split are encoded once per process start (seconds for Fashion-MNIST) and held in memory.
+unit variance (Rombach et al. 2022). The latents z = E[q(z|x)] (posterior means) of the train split are
+encoded once per process start (seconds for Fashion-MNIST) and held in memory; batches are drawn from
+them as images.train_iterator draws images (one global stream of global batches; process p reads its rows).
 Batches: {'latent': float32 (B, D) = s z, 'label': int32 (B,)}.
 """
 import hashlib
@@ -12,14 +13,13 @@ import os
 
 import grain
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
 from jaxgen.data import images
 from jaxgen.errors import UserError
 from jaxgen.train import checkpointing
 
-_TRAIN_LATENTS = {}   # (autoencoder dir, step, fingerprint) -> this process's encoded train split
+_TRAIN_LATENTS = {}   # (autoencoder dir, step, fingerprint) -> the encoded train split
 
 
 def fingerprint(params) -> str:
@@ -55,31 +55,19 @@ def _encoder(ae_config, params):
   return jax.jit(lambda x: model.apply({'params': params}, x, method=model.encode)[0])
 
 
-def _image_config(config):
-  """`config` reading the autoencoder's images: batches of 1000 (per process) for one encoding pass."""
-  c = config.copy_and_resolve_references()
-  c.batch_size = 1000 * jax.process_count()
-  return c
-
-
 def train_latents(config) -> dict[str, np.ndarray]:
-  """This process's share of the train split, encoded (unscaled posterior means) and labels."""
+  """The train split encoded (unscaled posterior means), and its labels."""
   ae_config, params = load_autoencoder(config)
   key = (config.autoencoder_workdir, config.model.autoencoder_step, fingerprint(params))
   if key not in _TRAIN_LATENTS:
     encode = _encoder(ae_config, params)
+    image_config = config.copy_and_resolve_references()
+    image_config.batch_size = 1000
     batches = [(np.asarray(encode(b['image'])), b['label'])
-               for b in images.ordered_batches(_image_config(config), 'train')]
+               for b in images.ordered_batches(image_config, 'train')]
     _TRAIN_LATENTS[key] = {'latent': np.concatenate([z for z, _ in batches]),
                            'label': np.concatenate([y for _, y in batches])}
   return _TRAIN_LATENTS[key]
-
-
-def latent_scale(z: np.ndarray) -> float:
-  """1 / std of all latent entries over every process's share: s z has unit variance."""
-  moments = np.array([z.size, z.sum(), np.square(z, dtype=np.float64).sum()], np.float64)
-  n, total, total_sq = multihost_utils.process_allgather(moments).reshape(-1, 3).sum(0)
-  return float(1.0 / np.sqrt(total_sq / n - (total / n) ** 2))
 
 
 def setup(config, workdir: str) -> None:
@@ -107,17 +95,18 @@ def setup(config, workdir: str) -> None:
       config.model.autoencoder_step = int(checkpointing.manager(ae_dir, read_only=True).latest_step())
       config.model.autoencoder_fingerprint = fingerprint(params)
       z = train_latents(config)['latent']
-      config.model.latent_scale, config.model.latent_dim = latent_scale(z), int(z.shape[-1])
+      config.model.latent_scale = float(1.0 / np.std(z, dtype=np.float64))   # s z: unit variance
+      config.model.latent_dim = int(z.shape[-1])
 
 
 class _Gather(grain.transforms.Map):
-  """Indices (B,) -> {'latent': scale * z[indices], 'label': labels[indices]}."""
+  """Indices (B,) -> {'latent': scale * z[indices[rows]], 'label': labels[indices[rows]]}."""
 
-  def __init__(self, latents, scale: float):
-    self.latent, self.label, self.scale = latents['latent'], latents['label'], np.float32(scale)
+  def __init__(self, latents, scale: float, rows: slice):
+    self.latent, self.label, self.scale, self.rows = latents['latent'], latents['label'], np.float32(scale), rows
 
   def map(self, indices):
-    return {'latent': self.scale * self.latent[indices], 'label': self.label[indices]}
+    return {'latent': self.scale * self.latent[indices[self.rows]], 'label': self.label[indices[self.rows]]}
 
 
 def train_iterator(config, workdir: str) -> grain.DatasetIterator:
@@ -125,8 +114,8 @@ def train_iterator(config, workdir: str) -> grain.DatasetIterator:
   del workdir
   latents = train_latents(config)
   ds = grain.MapDataset.range(len(latents['label'])).shuffle(seed=config.seed).repeat(None)
-  ds = ds.batch(images.process_batch_size(config), drop_remainder=True)
-  return iter(ds.map(_Gather(latents, config.model.latent_scale)).to_iter_dataset())
+  ds = ds.batch(config.batch_size, drop_remainder=True)
+  return iter(ds.map(_Gather(latents, config.model.latent_scale, images.process_rows(config))).to_iter_dataset())
 
 
 def eval_batches(config, workdir: str):
