@@ -246,7 +246,6 @@ def test_offline_setup_prepares_local_fashion_mnist_readable_by_tfds_data_source
   assert batch['image'].shape == (4, 28, 28, 1) and batch['image'].min() >= -1 and batch['image'].max() <= 1
 
 
-@pytest.mark.slow  # spawns 4 worker processes that import JAX and Grain (~35 s on 2 cores)
 def test_worker_processes_yield_the_same_batches_and_restore(config):
   expected = _labels(_take(images.train_iterator(config, ''), 8))
   config.data.num_workers = 2

@@ -237,7 +237,6 @@ def test_configs_build_and_reject_unknown_presets(name):
     load_config('nope', name)
 
 
-@pytest.mark.slow
 def test_smoke_run_then_sample_py_writes_a_grid(cli, tmp_path):
   workdir = tmp_path / 'run'
   cli('train.py', '--config', 'configs/ddpm_fashion_mnist.py:smoke', '--workdir', str(workdir),

@@ -103,7 +103,6 @@ def test_top_k_1_is_greedy_decoding_with_any_key_and_temperature(tiny):
     assert np.asarray(out)[0].tolist() == expected
 
 
-@pytest.mark.slow   # ~10 s: compiles both samplers
 def test_cached_generate_equals_recompute_within_the_block(tiny):
   """Same keys, same sampled tokens while prompt + new tokens fit in block_size; batched prompts, repeats."""
   model, params = tiny
@@ -195,7 +194,6 @@ def test_weight_decay_skips_norms_biases_and_embeddings(tiny):
     np.testing.assert_allclose(u, expected, atol=1e-7)
 
 
-@pytest.mark.slow   # ~15 s: compiles two train steps
 def test_gradient_accumulation_equals_full_batch_step(smoke):
   config, workdir, *_ = smoke
   config = config.copy_and_resolve_references()

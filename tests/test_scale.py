@@ -70,7 +70,7 @@ def test_data_parallel_steps_equal_one_device_steps(scale, family):
   assert run['sharded_bytes_fraction'] == 1.0                     # replicated: every device holds everything
 
 
-@pytest.mark.slow  # 1-2 min: the UNet's train step compiles slowly on CPU
+@pytest.mark.slow  # ~22 s idle, minutes under load: the UNet step compiles slowly on CPU
 def test_ddpm_data_parallel_and_fsdp_steps_equal_one_device_steps(tmp_path):
   """The UNet carries no logical axis annotations: under FSDP its leaves are sharded by the shape rule
   (here down to the smallest leaves, to shard the smoke model); both equal one device."""
@@ -219,7 +219,7 @@ def test_two_processes_with_fsdp_train_gpt_like_one_process(tmp_path):
   assert os.listdir(tmp_path / 'two' / 'samples') == ['step_000006.txt']
 
 
-@pytest.mark.slow  # ~1.5 min: five TFDS-importing processes
+@pytest.mark.slow  # ~20 s idle, minutes under load: five TFDS-importing processes
 def test_two_processes_train_and_resume_vae_like_one_process(tmp_path):
   """2 processes x 2 devices, stopped at step 3 and resumed (state and each process's iterator position)
   == 1 process x 4 devices in one go, on the mocked TFDS images: each process reads its rows of the same
