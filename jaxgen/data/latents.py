@@ -38,9 +38,10 @@ def load_autoencoder(config):
   if not os.path.exists(checkpointing.config_path(ae_dir)):
     raise UserError(f'the autoencoder {ae_dir} of this latent diffusion run is missing: restore it, or train a '
                     'new run (--config.autoencoder_workdir=DIR names a trained VAE workdir)')
+  family = checkpointing.load_config(ae_dir).family
+  if family != 'vae':
+    raise UserError(f'{ae_dir} holds a {family} run; config.autoencoder_workdir must be a vae workdir')
   ae_config, _, state = jaxgen.load_state(ae_dir, step)
-  if ae_config.family != 'vae':
-    raise UserError(f'{ae_dir} holds a {ae_config.family} run; config.autoencoder_workdir must be a vae workdir')
   params = state.sampling_params()
   expected = config.model.autoencoder_fingerprint
   if expected is not None and fingerprint(params) != expected:
