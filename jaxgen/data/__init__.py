@@ -7,6 +7,9 @@ Every source module provides three functions, dispatched on `config.data.name`:
                                 global batch: dicts of numpy arrays with leading axis batch_size / process_count
   eval_batches(config, workdir) finite iterable of this process's test batches (same layout)
 
+Each process reads its rows of the same global batches (process_rows), so a run's global batches are the
+same, row for row, on any number of processes.
+
 A config with an `autoencoder` (latent diffusion) reads its image dataset's latents under that autoencoder
 (jaxgen.data.latents) instead.
 
@@ -14,6 +17,8 @@ Batches: images {'image': float32 (B, H, W, C) scaled to config.data.pixel_range
 text {'tokens': int32 (B, block_size + 1)}; latents {'latent': float32 (B, D), 'label': int32 (B,)}.
 """
 import importlib
+
+import jax
 
 from jaxgen.errors import UserError
 
@@ -24,6 +29,15 @@ SOURCES = {
     'tiny_shakespeare': 'jaxgen.data.text',
     'text_file': 'jaxgen.data.text',
 }
+
+
+def process_rows(config) -> slice:
+  """This process's rows of a global batch: the p-th of P contiguous blocks (the global array's row order)."""
+  if config.batch_size % jax.process_count():
+    raise UserError(f'batch_size {config.batch_size} must be a multiple of the number of processes '
+                    f'({jax.process_count()})')
+  n = config.batch_size // jax.process_count()
+  return slice(jax.process_index() * n, (jax.process_index() + 1) * n)
 
 
 def _source(config):

@@ -19,6 +19,7 @@ import numpy as np
 import requests
 import tensorflow_datasets as tfds
 
+from jaxgen import data
 from jaxgen.errors import UserError
 
 _PROBE_TIMEOUT_S = 3.0
@@ -126,19 +127,6 @@ def _source(config, split: str):
   return tfds.data_source(config.data.name, split=split, data_dir=config.data.data_dir, download=False)
 
 
-def process_batch_size(config) -> int:
-  if config.batch_size % jax.process_count():
-    raise UserError(f'batch_size {config.batch_size} must be a multiple of the number of processes '
-                    f'({jax.process_count()})')
-  return config.batch_size // jax.process_count()
-
-
-def process_rows(config) -> slice:
-  """This process's rows of a global batch: the p-th of n contiguous blocks (the global array's row order)."""
-  n = process_batch_size(config)
-  return slice(jax.process_index() * n, (jax.process_index() + 1) * n)
-
-
 def _read_options(config) -> grain.ReadOptions:
   # One thread per buffered batch (per worker process when data.num_workers > 0); 0: read when asked.
   return grain.ReadOptions(num_threads=config.data.prefetch, prefetch_buffer_size=config.data.prefetch)
@@ -154,7 +142,7 @@ def train_iterator(config, workdir: str) -> grain.DatasetIterator:
   source = _source(config, 'train')
   ds = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(None)  # reshuffled every epoch
   ds = ds.batch(config.batch_size, drop_remainder=True)
-  ds = ds.map(ReadBatch(source, config.data.pixel_range, process_rows(config)))
+  ds = ds.map(ReadBatch(source, config.data.pixel_range, data.process_rows(config)))
   ds = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; outside absl.app use their defaults
@@ -170,7 +158,7 @@ def eval_batches(config, workdir: str) -> grain.IterDataset:
   source = _source(config, 'test')
   num_batches = min(config.data.eval_examples, len(source)) // config.batch_size
   ds = grain.MapDataset.range(num_batches * config.batch_size).batch(config.batch_size)
-  ds = ds.map(ReadBatch(source, config.data.pixel_range, process_rows(config)))
+  ds = ds.map(ReadBatch(source, config.data.pixel_range, data.process_rows(config)))
   return ds.to_iter_dataset(_read_options(config))
 
 

@@ -15,6 +15,7 @@ import grain
 import jax
 import numpy as np
 
+from jaxgen import data
 from jaxgen.data import images
 from jaxgen.errors import UserError
 from jaxgen.train import checkpointing
@@ -116,7 +117,7 @@ def train_iterator(config, workdir: str) -> grain.DatasetIterator:
   latents = train_latents(config)
   ds = grain.MapDataset.range(len(latents['label'])).shuffle(seed=config.seed).repeat(None)
   ds = ds.batch(config.batch_size, drop_remainder=True)
-  return iter(ds.map(_Gather(latents, config.model.latent_scale, images.process_rows(config))).to_iter_dataset())
+  return iter(ds.map(_Gather(latents, config.model.latent_scale, data.process_rows(config))).to_iter_dataset())
 
 
 def eval_batches(config, workdir: str):

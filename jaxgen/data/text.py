@@ -5,8 +5,8 @@ data/source.json (what they were made from). Batches are windows of block_size +
 {'tokens': int32 (B, block_size + 1)}; the model reads tokens[:, :-1] and predicts tokens[:, 1:].
 
 Training windows start at offsets drawn from a per-index seeded RNG over an infinite index range (Grain
-MapDataset.random_map), so the iterator is deterministic and checkpointable (get_state / set_state) and
-process p of P reads global indices p, p + P, ... Evaluation uses a fixed, evenly spaced set of windows.
+MapDataset.random_map), so the iterator is deterministic and checkpointable (get_state / set_state); each
+process keeps its rows of every global batch. Evaluation uses a fixed, evenly spaced set of windows.
 """
 import functools
 import json
@@ -18,6 +18,7 @@ import grain
 import jax
 import numpy as np
 
+from jaxgen import data
 from jaxgen.data import tokenizers
 from jaxgen.errors import UserError
 
@@ -121,18 +122,25 @@ def _random_window(index: int, rng: np.random.Generator, *, path: str, length: i
   return _window(path, length, rng.integers(0, len(_load_tokens(path)) - length + 1))
 
 
-def _local_batch_size(config) -> int:
-  return config.batch_size // jax.process_count()
+class _Rows(grain.transforms.Map):
+  """A global batch -> this process's rows of it."""
+
+  def __init__(self, rows: slice):
+    self.rows = rows
+
+  def map(self, batch):
+    return jax.tree.map(lambda x: x[self.rows], batch)
 
 
 def train_iterator(config, workdir: str):
-  """Infinite checkpointable iterator of {'tokens': int32 (batch_size / process_count, block_size + 1)}."""
+  """Infinite checkpointable iterator of {'tokens': int32 (batch_size / process_count, block_size + 1)}: this
+  process's rows of each global batch (every process draws the whole batch's windows: a few memory copies)."""
   path = _tokens_path(workdir, 'train')
   windows = (grain.MapDataset.range(sys.maxsize)
              .random_map(functools.partial(_random_window, path=path, length=config.model.block_size + 1),
                          seed=config.seed)
-             [jax.process_index()::jax.process_count()]
-             .batch(_local_batch_size(config), drop_remainder=True))
+             .batch(config.batch_size, drop_remainder=True)
+             .map(_Rows(data.process_rows(config))))
   ds = windows.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=config.data.prefetch))
   if config.data.num_workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
@@ -140,12 +148,12 @@ def train_iterator(config, workdir: str):
 
 
 def eval_batches(config, workdir: str):
-  """This process's share of data.eval_examples evenly spaced validation windows, in whole global batches."""
+  """This process's rows of the global batches of data.eval_examples evenly spaced validation windows."""
   path, length = _tokens_path(workdir, 'val'), config.model.block_size + 1
   num_windows = min(config.data.eval_examples, len(_load_tokens(path)) - length + 1)
   num_windows -= num_windows % config.batch_size
   offsets = np.linspace(0, len(_load_tokens(path)) - length, num_windows).astype(np.int64)
   return (grain.MapDataset.source(offsets)
-          [jax.process_index()::jax.process_count()]
           .map(functools.partial(_window, path, length))
-          .batch(_local_batch_size(config), drop_remainder=True))
+          .batch(config.batch_size, drop_remainder=True)
+          .map(_Rows(data.process_rows(config))))
