@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -223,14 +224,18 @@ def test_two_processes_with_fsdp_train_gpt_like_one_process(tmp_path):
 def test_two_processes_train_and_resume_vae_like_one_process(tmp_path):
   """2 processes x 2 devices, stopped at step 3 and resumed (state and each process's iterator position)
   == 1 process x 4 devices in one go, on the mocked TFDS images: each process reads its rows of the same
-  global batches, so the runs see the same examples in the same places."""
+  global batches, so the runs see the same examples in the same places. So does the step-3 checkpoint of
+  the 2 processes resumed by 1 process."""
   _skip_absent('vae')
   args = ['--config', 'configs/vae_fashion_mnist.py:smoke', f'--config.data.data_dir={tmp_path}/tfds']
   launcher = (os.path.join(ROOT, 'tests', 'support', 'mock_tfds.py'),)
   _train(tmp_path / 'one', args, processes=1, devices=4, launcher=launcher)
   _train(tmp_path / 'two', [*args, '--config.num_train_steps=3'], processes=2, devices=2, launcher=launcher)
+  shutil.copytree(tmp_path / 'two', tmp_path / 'two_then_one')
   outputs = _train(tmp_path / 'two', args, processes=2, devices=2, launcher=launcher)
   _assert_same_run(tmp_path / 'one', tmp_path / 'two', rtol=1e-4, steps=[6])
+  _train(tmp_path / 'two_then_one', args, processes=1, devices=4, launcher=launcher)
+  _assert_same_run(tmp_path / 'one', tmp_path / 'two_then_one', rtol=1e-4, steps=[6])
   _assert_cooperative_checkpoints(tmp_path / 'two', ['3', '6'])
   assert _eval_lines(outputs[0]) == _eval_lines(outputs[1]) != []
   assert sorted(os.listdir(tmp_path / 'two' / 'samples')) == ['step_000003.png', 'step_000006.png']

@@ -3,6 +3,7 @@
 DIR/checkpoints/<step>/{state,data}: the state as a sharded pytree (restorable onto any mesh), the data
 iterator through grain.checkpoint. Saves are async and atomic (Orbax writes to a tmp dir and renames).
 """
+import glob
 import json
 import os
 import sys
@@ -79,18 +80,23 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
   """Restore the state (onto the shardings in `abstract_state`) and, if given, the iterator in place."""
   items = dict(state=ocp.args.StandardRestore(abstract_state))
-  if data_iterator is not None:
-    position = os.path.join(mngr.directory, str(step), 'data',
-                            f'process_{jax.process_index()}-of-{jax.process_count()}.json')
-    if not os.path.exists(position):
-      raise UserError(f'checkpoint {step} was not written by {jax.process_count()} process(es): resume it with '
-                      'the process count that wrote it (the data position is saved per process)')
+  positions = os.path.join(mngr.directory, str(step), 'data')
+  own_position = os.path.join(positions, f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+  if data_iterator is not None and os.path.exists(own_position):
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
   except (ValueError, KeyError) as e:
     raise UserError(f'checkpoint {mngr.directory}/{step} does not match this model ({_first_line(e)}); '
                     'use a new --workdir or the config it was trained with') from e
+  if data_iterator is not None and 'data' not in items:
+    # Written by another number of processes. Every process's position is the same (all read their rows
+    # of the same global batches), so process 0's continues the run here.
+    written = glob.glob(os.path.join(positions, 'process_0-of-*.json'))
+    if not written:
+      raise UserError(f'checkpoint {step} holds no data-iterator position; use a new --workdir')
+    with open(written[0]) as f:
+      data_iterator.set_state(json.load(f))
   return restored.state
 
 
