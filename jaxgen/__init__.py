@@ -20,6 +20,8 @@ def load_state(workdir: str, step: int | None = None):
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise UserError(f'{workdir} has no checkpoint yet: train first (python train.py --workdir {workdir} ...)')
+  if step not in mngr.all_steps():
+    raise UserError(f'{workdir} has no checkpoint {step}; it has {sorted(mngr.all_steps())}')
   state = checkpointing.restore(mngr, step, trainer.abstract_state(family, mesh, config.seed))
   return config, family, state
 

@@ -101,6 +101,13 @@ def test_missing_or_changed_autoencoder_is_refused(trained, tmp_path):
       jaxgen.load_sampler(copy)
   finally:
     os.rename(moved, ae_dir)
+  checkpoint = os.path.join(ae_dir, 'checkpoints', str(config.model.autoencoder_step))
+  os.rename(checkpoint, checkpoint + '.moved')
+  try:
+    with pytest.raises(UserError, match='no longer has checkpoint 6'):
+      jaxgen.load_sampler(copy)
+  finally:
+    os.rename(checkpoint + '.moved', checkpoint)
 
   # Point the copy at another VAE of the same shape (another seed): refused by its fingerprint.
   other = str(tmp_path / 'other_vae')

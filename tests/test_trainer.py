@@ -4,9 +4,11 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 import jaxgen
 from configs import vae_fashion_mnist
+from jaxgen.errors import UserError
 from tests.conftest import ROOT
 from tests.support.mock_tfds import mock_images
 from jaxgen.train import trainer
@@ -52,6 +54,8 @@ def test_cli_smoke_run_writes_outputs_and_samples(tmp_path, cli):
   images = sampler(jax.random.key(0), num=5)
   assert images.shape == (5, 28, 28, 1) and images.dtype == np.uint8
   np.testing.assert_array_equal(images, sampler(jax.random.key(0), num=5))
+  with pytest.raises(UserError, match=r'has no checkpoint 5; it has \[3, 6\]'):
+    jaxgen.load_sampler(str(workdir), step=5)
 
 
 def test_unknown_config_key_is_one_line_error(tmp_path, cli):

@@ -42,6 +42,9 @@ def load_autoencoder(config):
   family = checkpointing.load_config(ae_dir).family
   if family != 'vae':
     raise UserError(f'{ae_dir} holds a {family} run; config.autoencoder_workdir must be a vae workdir')
+  if step is not None and step not in checkpointing.manager(ae_dir, read_only=True).all_steps():
+    raise UserError(f'the autoencoder {ae_dir} no longer has checkpoint {step}, which this run was trained with: '
+                    'restore it (and raise that run\'s keep_checkpoints), or train a new run')
   ae_config, _, state = jaxgen.load_state(ae_dir, step)
   params = state.sampling_params()
   expected = config.model.autoencoder_fingerprint
