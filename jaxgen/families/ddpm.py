@@ -243,6 +243,11 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, decode: Cal
   if config.sampling.sigma not in ('beta', 'beta_tilde'):
     raise UserError(f'unknown sampling.sigma {config.sampling.sigma!r}; use beta or beta_tilde')
   sched = make_schedule(mc.beta_schedule, mc.timesteps)
+  eps_gain = float(jnp.exp(-0.5 * sched.log_alphas_cumprod[-1]))   # x0_hat = (x_T - sqrt(1-abar) eps) / sqrt(abar_T)
+  if clip is None and mc.prediction == 'eps' and eps_gain > 1e3:
+    raise UserError(f'model.beta_schedule={mc.beta_schedule} ends at abar_T = {1 / eps_gain**2:.1e}: without x0 '
+                    f'clipping (latent diffusion) the first sampling step multiplies eps errors by {eps_gain:.0f}; '
+                    'use --config.model.prediction=v (or the linear schedule)')
   tx = optim.make_optimizer(config.learning_rate, config.optim, config.num_train_steps)
   ema_decay = config.optim.ema_decay
   conditional = mc.num_classes > 0
