@@ -7,7 +7,7 @@ Every source module provides three functions, dispatched on `config.data.name`:
                                 global batch: dicts of numpy arrays with leading axis batch_size / process_count
   eval_batches(config, workdir) finite iterable of this process's test batches (same layout)
 
-Each process reads its rows of the same global batches (process_rows), so a run's global batches are the
+Each process keeps its rows of the same global batches (ProcessRows), so a run's global batches are the
 same, row for row, on any number of processes.
 
 A config with an `autoencoder` (latent diffusion) reads its image dataset's latents under that autoencoder
@@ -18,6 +18,7 @@ text {'tokens': int32 (B, block_size + 1)}; latents {'latent': float32 (B, D), '
 """
 import importlib
 
+import grain
 import jax
 
 from jaxgen.errors import UserError
@@ -31,13 +32,19 @@ SOURCES = {
 }
 
 
-def process_rows(config) -> slice:
-  """This process's rows of a global batch: the p-th of P contiguous blocks (the global array's row order)."""
-  if config.batch_size % jax.process_count():
-    raise UserError(f'batch_size {config.batch_size} must be a multiple of the number of processes '
-                    f'({jax.process_count()})')
-  n = config.batch_size // jax.process_count()
-  return slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+class ProcessRows(grain.transforms.Map):
+  """A global batch (an array, or a dict of arrays: example indices or examples) -> this process's rows: the
+  p-th of P contiguous blocks, the row order of the global array the trainer assembles."""
+
+  def __init__(self, config):
+    if config.batch_size % jax.process_count():
+      raise UserError(f'batch_size {config.batch_size} must be a multiple of the number of processes '
+                      f'({jax.process_count()})')
+    n = config.batch_size // jax.process_count()
+    self.rows = slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+
+  def map(self, batch):
+    return jax.tree.map(lambda x: x[self.rows], batch)
 
 
 def _source(config):

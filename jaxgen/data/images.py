@@ -103,16 +103,16 @@ def _reachable(host: str, port: int) -> bool:
 
 
 class ReadBatch(grain.transforms.Map):
-  """Indices (B,) -> one batched read of indices[rows] from a TFDS data source, decoded and stacked:
-  {'image': float32 (b, H, W, C) = lo + x / 255 * (hi - lo) for uint8 pixels x, 'label': int32 (b,)}."""
+  """Indices (B,) -> one batched read of those examples from a TFDS data source, decoded and stacked:
+  {'image': float32 (B, H, W, C) = lo + x / 255 * (hi - lo) for uint8 pixels x, 'label': int32 (B,)}."""
 
-  def __init__(self, source, pixel_range, rows: slice = slice(None)):
-    self.source, self.rows = source, rows
+  def __init__(self, source, pixel_range):
+    self.source = source
     lo, hi = pixel_range
     self.table = (lo + np.arange(256) / 255 * (hi - lo)).astype(np.float32)  # rounded once, from float64
 
   def map(self, indices):
-    keys = indices[self.rows].tolist()
+    keys = indices.tolist()
     try:
       examples = self.source.__getitems__(keys)  # one ArrayRecord read for the batch: ~10x faster than one by one
     except TypeError:  # a source without a working batched read, e.g. tfds.testing.mock_data's
@@ -141,8 +141,8 @@ def train_iterator(config, workdir: str) -> grain.DatasetIterator:
   del workdir
   source = _source(config, 'train')
   ds = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(None)  # reshuffled every epoch
-  ds = ds.batch(config.batch_size, drop_remainder=True)
-  ds = ds.map(ReadBatch(source, config.data.pixel_range, data.process_rows(config)))
+  ds = ds.batch(config.batch_size, drop_remainder=True).map(data.ProcessRows(config))
+  ds = ds.map(ReadBatch(source, config.data.pixel_range))
   ds = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; outside absl.app use their defaults
@@ -158,7 +158,7 @@ def eval_batches(config, workdir: str) -> grain.IterDataset:
   source = _source(config, 'test')
   num_batches = min(config.data.eval_examples, len(source)) // config.batch_size
   ds = grain.MapDataset.range(num_batches * config.batch_size).batch(config.batch_size)
-  ds = ds.map(ReadBatch(source, config.data.pixel_range, data.process_rows(config)))
+  ds = ds.map(data.ProcessRows(config)).map(ReadBatch(source, config.data.pixel_range))
   return ds.to_iter_dataset(_read_options(config))
 
 

@@ -8,6 +8,7 @@ encoded once per process start (seconds for Fashion-MNIST) and held in memory; b
 them as images.train_iterator draws images (one global stream of global batches; process p reads its rows).
 Batches: {'latent': float32 (B, D) = s z, 'label': int32 (B,)}.
 """
+import functools
 import hashlib
 import os
 
@@ -20,7 +21,7 @@ from jaxgen.data import images
 from jaxgen.errors import UserError
 from jaxgen.train import checkpointing
 
-_TRAIN_LATENTS = {}   # (autoencoder dir, step, fingerprint) -> the encoded train split
+_TRAIN_LATENTS = {}   # (autoencoder dir, step, dataset, data_dir) -> the encoded train split
 
 
 def fingerprint(params) -> str:
@@ -34,7 +35,6 @@ def fingerprint(params) -> str:
 def load_autoencoder(config):
   """(VAE config, sampling (EMA) params) of config.autoencoder_workdir at model.autoencoder_step (None:
   latest), checked against model.autoencoder_fingerprint once the run has recorded one."""
-  import jaxgen
   ae_dir, step = config.autoencoder_workdir, config.model.autoencoder_step
   if not os.path.exists(checkpointing.config_path(ae_dir)):
     raise UserError(f'the autoencoder {ae_dir} of this latent diffusion run is missing: restore it, or train a '
@@ -42,30 +42,44 @@ def load_autoencoder(config):
   family = checkpointing.load_config(ae_dir).family
   if family != 'vae':
     raise UserError(f'{ae_dir} holds a {family} run; config.autoencoder_workdir must be a vae workdir')
-  if step is not None and step not in checkpointing.manager(ae_dir, read_only=True).all_steps():
+  steps = checkpointing.manager(ae_dir, read_only=True).all_steps()
+  if step is not None and step not in steps:
     raise UserError(f'the autoencoder {ae_dir} no longer has checkpoint {step}, which this run was trained with: '
                     'restore it (and raise that run\'s keep_checkpoints), or train a new run')
-  ae_config, _, state = jaxgen.load_state(ae_dir, step)
-  params = state.sampling_params()
+  ae_config, params, digest = _restored(ae_dir, max(steps) if step is None else step)
   expected = config.model.autoencoder_fingerprint
-  if expected is not None and fingerprint(params) != expected:
+  if expected is not None and digest != expected:
     raise UserError(f'the autoencoder {ae_dir} at step {step} is not the one this run was trained with (fingerprint '
-                    f'{fingerprint(params)}, recorded {expected}): restore it, or train a new run on it')
+                    f'{digest}, recorded {expected}): restore it, or train a new run on it')
   return ae_config, params
 
 
-def _encoder(ae_config, params):
+@functools.lru_cache(maxsize=None)
+def _restored(ae_dir: str, step: int):
+  """(VAE config, sampling params, fingerprint) of a checkpoint: restored once per process, however many
+  times setup, the iterators, evaluation and the family ask (load_autoencoder checks the files first)."""
+  import jaxgen
+  ae_config, _, state = jaxgen.load_state(ae_dir, step)
+  params = state.sampling_params()
+  return ae_config, params, fingerprint(params)
+
+
+@functools.lru_cache(maxsize=None)
+def _encoder(ae_dir: str, step: int):
+  """x -> E[q(z|x)] of the checkpoint, jitted once per process (evaluation asks for it at every eval)."""
   from jaxgen.families import vae
+  ae_config, params, _ = _restored(ae_dir, step)
   model = vae.make_model(ae_config)
   return jax.jit(lambda x: model.apply({'params': params}, x, method=model.encode)[0])
 
 
 def train_latents(config) -> dict[str, np.ndarray]:
   """The train split encoded (unscaled posterior means), and its labels."""
-  ae_config, params = load_autoencoder(config)
-  key = (config.autoencoder_workdir, config.model.autoencoder_step, fingerprint(params))
+  load_autoencoder(config)                   # checks the files and the fingerprint
+  ae_dir, step = config.autoencoder_workdir, config.model.autoencoder_step
+  key = (ae_dir, step, config.data.name, config.data.data_dir)
   if key not in _TRAIN_LATENTS:
-    encode = _encoder(ae_config, params)
+    encode = _encoder(ae_dir, step)
     image_config = config.copy_and_resolve_references()
     image_config.batch_size = 1000
     batches = [(np.asarray(encode(b['image'])), b['label'])
@@ -84,7 +98,8 @@ def setup(config, workdir: str) -> None:
   if previous is None and (not config.autoencoder_workdir or not os.path.exists(checkpointing.config_path(ae_dir))):
     from jaxgen.train import trainer
     with config.autoencoder.unlocked():     # stage one reads the dataset where this run does
-      config.autoencoder.data.data_dir, config.autoencoder.data.manual_dir = config.data.data_dir, config.data.manual_dir
+      config.autoencoder.data.data_dir = config.data.data_dir
+      config.autoencoder.data.manual_dir = config.data.manual_dir
     print(f'jaxgen: training the first-stage {config.autoencoder.family} in {ae_dir} (config.autoencoder, '
           f'{config.autoencoder.num_train_steps} steps); --config.autoencoder_workdir=DIR uses a trained one')
     trainer.train_and_evaluate(config.autoencoder, ae_dir)   # resumes an interrupted one; no-op when trained
@@ -105,13 +120,13 @@ def setup(config, workdir: str) -> None:
 
 
 class _Gather(grain.transforms.Map):
-  """Indices (B,) -> {'latent': scale * z[indices[rows]], 'label': labels[indices[rows]]}."""
+  """Indices (B,) -> {'latent': scale * z[indices], 'label': labels[indices]}."""
 
-  def __init__(self, latents, scale: float, rows: slice):
-    self.latent, self.label, self.scale, self.rows = latents['latent'], latents['label'], np.float32(scale), rows
+  def __init__(self, latents, scale: float):
+    self.latent, self.label, self.scale = latents['latent'], latents['label'], np.float32(scale)
 
   def map(self, indices):
-    return {'latent': self.scale * self.latent[indices[self.rows]], 'label': self.label[indices[self.rows]]}
+    return {'latent': self.scale * self.latent[indices], 'label': self.label[indices]}
 
 
 def train_iterator(config, workdir: str) -> grain.DatasetIterator:
@@ -119,12 +134,13 @@ def train_iterator(config, workdir: str) -> grain.DatasetIterator:
   del workdir
   latents = train_latents(config)
   ds = grain.MapDataset.range(len(latents['label'])).shuffle(seed=config.seed).repeat(None)
-  ds = ds.batch(config.batch_size, drop_remainder=True)
-  return iter(ds.map(_Gather(latents, config.model.latent_scale, data.process_rows(config))).to_iter_dataset())
+  ds = ds.batch(config.batch_size, drop_remainder=True).map(data.ProcessRows(config))
+  return iter(ds.map(_Gather(latents, config.model.latent_scale)).to_iter_dataset())
 
 
 def eval_batches(config, workdir: str):
   """The image source's test batches, encoded and scaled."""
-  encode = _encoder(*load_autoencoder(config))
+  load_autoencoder(config)
+  encode = _encoder(config.autoencoder_workdir, config.model.autoencoder_step)
   for batch in images.eval_batches(config, workdir):
     yield {'latent': config.model.latent_scale * np.asarray(encode(batch['image'])), 'label': batch['label']}

@@ -15,7 +15,6 @@ import os
 import sys
 
 import grain
-import jax
 import numpy as np
 
 from jaxgen import data
@@ -122,16 +121,6 @@ def _random_window(index: int, rng: np.random.Generator, *, path: str, length: i
   return _window(path, length, rng.integers(0, len(_load_tokens(path)) - length + 1))
 
 
-class _Rows(grain.transforms.Map):
-  """A global batch -> this process's rows of it."""
-
-  def __init__(self, rows: slice):
-    self.rows = rows
-
-  def map(self, batch):
-    return jax.tree.map(lambda x: x[self.rows], batch)
-
-
 def train_iterator(config, workdir: str):
   """Infinite checkpointable iterator of {'tokens': int32 (batch_size / process_count, block_size + 1)}: this
   process's rows of each global batch (every process draws the whole batch's windows: a few memory copies)."""
@@ -140,7 +129,7 @@ def train_iterator(config, workdir: str):
              .random_map(functools.partial(_random_window, path=path, length=config.model.block_size + 1),
                          seed=config.seed)
              .batch(config.batch_size, drop_remainder=True)
-             .map(_Rows(data.process_rows(config))))
+             .map(data.ProcessRows(config)))
   ds = windows.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=config.data.prefetch))
   if config.data.num_workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
@@ -156,4 +145,4 @@ def eval_batches(config, workdir: str):
   return (grain.MapDataset.source(offsets)
           .map(functools.partial(_window, path, length))
           .batch(config.batch_size, drop_remainder=True)
-          .map(_Rows(data.process_rows(config))))
+          .map(data.ProcessRows(config)))

@@ -267,7 +267,7 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, decode: Cal
     t = jnp.zeros((1,), jnp.int32)
     params = model.init(rng, x, t, t if conditional else None)['params']
     return families.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema_params=params if ema_decay else None)
+                               ema_params=params if ema_decay else None)
 
   def train_step(state, batch, rng):
     loss_rng, dropout_rng, label_rng, augment_rng = jax.random.split(rng, 4)
