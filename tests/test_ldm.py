@@ -131,6 +131,10 @@ def test_resumed_run_on_a_given_autoencoder_equals_the_straight_run(trained, tmp
     config.num_train_steps = 4
     resumed = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert checkpointing.load_config(str(tmp_path / 'run')).model.latent_scale == config.model.latent_scale
+  config.autoencoder_workdir = None      # re-running without the flag uses the autoencoder the run recorded
+  with mock_images():
+    again = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert int(again.step) == 4
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

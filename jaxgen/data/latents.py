@@ -94,7 +94,10 @@ def setup(config, workdir: str) -> None:
   existing run in `workdir` recorded (and check the autoencoder is still the same)."""
   previous = (checkpointing.load_config(workdir) if os.path.exists(checkpointing.config_path(workdir))
               else None)
-  ae_dir = os.path.abspath(config.autoencoder_workdir or os.path.join(workdir, 'autoencoder'))
+  if previous is not None and not config.autoencoder_workdir:   # resuming: the autoencoder the run recorded
+    ae_dir = previous.autoencoder_workdir
+  else:
+    ae_dir = os.path.abspath(config.autoencoder_workdir or os.path.join(workdir, 'autoencoder'))
   if previous is None and (not config.autoencoder_workdir or not os.path.exists(checkpointing.config_path(ae_dir))):
     from jaxgen.train import trainer
     with config.autoencoder.unlocked():     # stage one reads the dataset where this run does
