@@ -17,8 +17,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.init_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-  from jaxgen.train import trainer
-  trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from jaxgen import stages
+  stages.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

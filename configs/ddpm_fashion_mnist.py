@@ -5,32 +5,24 @@ python sample.py --workdir runs/ddpm_fmnist --steps 50 --out grid.png
 """
 import ml_collections
 
-from jaxgen.config import base_config
-
-PRESETS = ('default', 'cpu', 'smoke')
+from jaxgen.config import apply_preset, base_config, set_schedule, smoke
 
 
 def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; choose one of {PRESETS}')
   c = base_config()
   c.family = 'ddpm'
   c.data.name = 'fashion_mnist'
-  c.data.image_shape = (28, 28, 1)
   c.data.pixel_range = (-1.0, 1.0)
 
   c.batch_size = 128
-  c.num_train_steps = 100_000
   c.learning_rate = 2e-4
-  c.log_every_steps = 100
-  c.eval_every_steps = 5_000
-  c.checkpoint_every_steps = 5_000
-  c.sample_every_steps = 5_000
+  set_schedule(c, 100_000, log=100, eval=5_000, checkpoint=5_000, sample=5_000)
   c.data.eval_examples = 2_048
   c.optim.name = 'adam'
   c.optim.warmup_steps = 5_000
   c.optim.grad_clip = 1.0
   c.optim.ema_decay = 0.9999
+  c.optim.ema_warmup = True          # min(decay, (1 + n) / (10 + n)): short runs get a useful EMA
 
   m = c.model                        # UNet and diffusion process (both fix the checkpoint)
   m.ch = 64
@@ -55,18 +47,14 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
   s.sigma = 'beta'                   # ancestral variance: beta | beta_tilde
   s.clip_x0 = True
 
-  if preset == 'cpu':                # ~1.4M parameters, most of them at 14x14 and 7x7 where convs are cheap
+  def cpu(c):                        # ~1.4M parameters, most of them at 14x14 and 7x7 where convs are cheap
     c.batch_size = 64
-    c.num_train_steps = 1_200
     c.learning_rate = 1e-3
+    set_schedule(c, 1_200, log=50, eval=400, checkpoint=400, sample=400)
     c.optim.warmup_steps = 100
     c.optim.ema_decay = 0.995
-    c.log_every_steps = 50
-    c.eval_every_steps = 400
-    c.checkpoint_every_steps = 400
-    c.sample_every_steps = 400
     c.data.eval_examples = 1_024
-    c.num_preview = 40                 # 4 per class
+    c.num_preview = 40               # 4 per class
     m.ch = 16
     m.ch_mult = (1, 3, 6)            # 16 @ 28x28, 48 @ 14x14, 96 @ 7x7
     m.num_res_blocks = 1
@@ -76,23 +64,17 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
     m.num_classes = 10
     s.steps = 50
     s.guidance = 1.0
-  elif preset == 'smoke':
-    c.batch_size = 8
-    c.num_train_steps = 4
-    c.log_every_steps = 2
-    c.eval_every_steps = 4
-    c.checkpoint_every_steps = 4
-    c.sample_every_steps = 4
-    c.num_preview = 8
-    c.data.eval_examples = 16
+
+  def smoke_(c):
+    smoke(c, steps=4, checkpoint=4)
     c.optim.warmup_steps = 0
     m.ch = 8
     m.ch_mult = (1, 2)
     m.num_res_blocks = 1
-    m.attn_resolutions = (14,)
     m.dropout = 0.0
     m.norm_groups = 4
     m.num_classes = 10
     s.steps = 5
     s.guidance = 1.0
-  return c
+
+  return apply_preset(c, preset, cpu=cpu, smoke=smoke_)

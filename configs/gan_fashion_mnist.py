@@ -1,13 +1,11 @@
 """DCGAN on Fashion-MNIST (Radford et al. 2015 setting: batch 128, Adam lr 2e-4, beta1 0.5, pixels in [-1, 1])."""
-from jaxgen.config import base_config
+from jaxgen.config import apply_preset, base_config, set_schedule, smoke
 
 
 def get_config(preset: str = 'default'):
   c = base_config()
   c.family = 'gan'
   c.data.name = 'fashion_mnist'
-  c.data.image_shape = (28, 28, 1)   # filled by the data setup too; set here so the family builds without data
-  c.data.num_classes = 10
   c.data.pixel_range = (-1.0, 1.0)   # the generator ends in tanh
   c.model.latent_dim = 100
   c.model.g_features = 64            # generator: Dense -> 7x7x128 -> 14x14x64 -> 28x28x1
@@ -24,36 +22,21 @@ def get_config(preset: str = 'default'):
   c.optim.ema_decay = 0.999          # sample from an EMA of the generator's weights
   c.learning_rate = 2e-4
   c.batch_size = 128
-  c.num_train_steps = 20_000         # ~43 epochs
-  c.eval_every_steps = 5_000
-  c.checkpoint_every_steps = 5_000
-  c.sample_every_steps = 1_000
+  set_schedule(c, 20_000, log=100, eval=5_000, checkpoint=5_000, sample=1_000)   # ~43 epochs
   c.data.eval_examples = 2_048
-  if preset == 'default':
-    pass
-  elif preset == 'cpu':
+
+  def cpu(c):
     c.model.latent_dim = 64
     c.model.g_features = 32
     c.model.d_features = 32
     c.batch_size = 64
-    c.num_train_steps = 4_000
-    c.log_every_steps = 100
-    c.eval_every_steps = 2_000
-    c.checkpoint_every_steps = 1_000
-    c.sample_every_steps = 500
+    set_schedule(c, 4_000, log=100, eval=2_000, checkpoint=1_000, sample=500)
     c.data.eval_examples = 1_024
-  elif preset == 'smoke':
+
+  def smoke_(c):
     c.model.latent_dim = 8
     c.model.g_features = 4
     c.model.d_features = 4
-    c.batch_size = 8
-    c.num_train_steps = 6
-    c.log_every_steps = 2
-    c.eval_every_steps = 6
-    c.checkpoint_every_steps = 3
-    c.sample_every_steps = 3
-    c.num_preview = 16
-    c.data.eval_examples = 16
-  else:
-    raise ValueError(f'unknown preset {preset!r}; use default, cpu or smoke')
-  return c
+    smoke(c, sample=3, num_preview=16)
+
+  return apply_preset(c, preset, cpu=cpu, smoke=smoke_)

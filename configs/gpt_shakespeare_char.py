@@ -1,17 +1,17 @@
 """Character-level GPT on Tiny Shakespeare: nanoGPT's config/train_shakespeare_char.py (and its CPU run)."""
 import ml_collections
 
-from jaxgen.config import base_config
+from jaxgen.config import apply_preset, base_config, set_schedule, smoke
 
 
 def get_config(preset: str = 'default'):
   c = base_config()
   c.family = 'gpt'
+  c.data.modality = 'text'
   c.data.name = 'tiny_shakespeare'   # or text_file: set data.text_file to train on your own corpus
   c.data.text_file = ml_collections.config_dict.placeholder(str)  # UTF-8 text, split 90/10 into train/val
   c.data.tokenizer = 'char'          # char | byte | bpe
   c.data.bpe_vocab_size = 4096       # for tokenizer=bpe
-  c.model.vocab_size = 65            # set by data setup from the tokenizer
   c.model.block_size = 256           # context length
   c.model.num_layers = 6             # nanoGPT n_layer
   c.model.num_heads = 6              # n_head
@@ -21,7 +21,6 @@ def get_config(preset: str = 'default'):
   c.model.position_embedding = 'learned'   # learned | sinusoidal
   c.batch_size = 64
   c.grad_accum_steps = 1             # micro-batches per step (each batch_size / grad_accum_steps)
-  c.num_train_steps = 5_000
   c.learning_rate = 1e-3
   c.optim.name = 'adamw'
   c.optim.b1 = 0.9
@@ -31,43 +30,33 @@ def get_config(preset: str = 'default'):
   c.optim.warmup_steps = 100
   c.optim.min_lr_ratio = 0.1
   c.optim.grad_clip = 1.0
-  c.log_every_steps = 10
-  c.eval_every_steps = 250
-  c.checkpoint_every_steps = 250
-  c.sample_every_steps = 1_000
+  set_schedule(c, 5_000, log=10, eval=250, checkpoint=250, sample=1_000)
   c.data.eval_examples = 200 * 64    # nanoGPT eval_iters x batch_size windows of the validation text
   c.num_preview = 2
-  c.sample = ml_collections.ConfigDict()   # what samples/step_<N>.txt shows
-  c.sample.prompt = ''               # '' starts after a newline
-  c.sample.max_new_tokens = 500
-  c.sample.temperature = 0.8
-  c.sample.top_k = 200
-  c.sample.top_p = ml_collections.config_dict.placeholder(float)
-  if preset == 'default':
-    pass
-  elif preset == 'cpu':              # nanoGPT README: --device=cpu ... val loss ~1.88
+  c.sampling = ml_collections.ConfigDict()   # what samples/step_<N>.txt shows
+  c.sampling.prompt = ''               # '' starts after a newline
+  c.sampling.max_new_tokens = 500
+  c.sampling.temperature = 0.8
+  c.sampling.top_k = 200
+  c.sampling.top_p = ml_collections.config_dict.placeholder(float)
+
+  def cpu(c):                        # nanoGPT README: --device=cpu ... val loss ~1.88
     c.model.block_size = 64
     c.model.num_layers = 4
     c.model.num_heads = 4
     c.model.embed_dim = 128
     c.model.dropout = 0.0
     c.batch_size = 12
-    c.num_train_steps = 2_000
+    set_schedule(c, 2_000, log=10, eval=250, checkpoint=250, sample=1_000)
     c.data.eval_examples = 20 * 12
-  elif preset == 'smoke':
+
+  def smoke_(c):
     c.model.block_size = 32
     c.model.num_layers = 2
     c.model.num_heads = 2
     c.model.embed_dim = 32
-    c.batch_size = 8
-    c.num_train_steps = 6
+    smoke(c, num_preview=2)
     c.optim.warmup_steps = 2
-    c.log_every_steps = 2
-    c.eval_every_steps = 6
-    c.checkpoint_every_steps = 3
-    c.sample_every_steps = 6
-    c.data.eval_examples = 16
-    c.sample.max_new_tokens = 32
-  else:
-    raise ValueError(f'unknown preset {preset!r}; use default, cpu or smoke')
-  return c
+    c.sampling.max_new_tokens = 32
+
+  return apply_preset(c, preset, cpu=cpu, smoke=smoke_)

@@ -1,12 +1,11 @@
 """Convolutional VAE on Fashion-MNIST (Bernoulli likelihood on [0, 1] pixels)."""
-from jaxgen.config import base_config
+from jaxgen.config import apply_preset, base_config, set_schedule, smoke
 
 
 def get_config(preset: str = 'default'):
   c = base_config()
   c.family = 'vae'
   c.data.name = 'fashion_mnist'
-  c.data.image_shape = (28, 28, 1)
   c.data.pixel_range = (0.0, 1.0)
   c.model.features = (32, 64)
   c.model.hidden = 256
@@ -17,31 +16,18 @@ def get_config(preset: str = 'default'):
   c.optim.name = 'adam'
   c.learning_rate = 1e-3
   c.batch_size = 128
-  c.num_train_steps = 30_000
-  c.eval_every_steps = 5_000
-  c.checkpoint_every_steps = 5_000
-  c.sample_every_steps = 5_000
-  if preset == 'default':
-    pass
-  elif preset == 'cpu':               # ~4 epochs; narrower convs keep a step cheap on 2 cores
+  set_schedule(c, 30_000, log=100, eval=5_000, checkpoint=5_000, sample=5_000)
+
+  def cpu(c):                        # ~4 epochs; narrower convs keep a step cheap on 2 cores
     c.model.features = (16, 32)
-    c.num_train_steps = 2_000
-    c.eval_every_steps = 2_000
-    c.checkpoint_every_steps = 1_000
-    c.sample_every_steps = 1_000
+    set_schedule(c, 2_000, log=100, eval=2_000, checkpoint=1_000, sample=1_000)
     c.data.eval_examples = 2_048
-  elif preset == 'smoke':
+
+  def smoke_(c):
     c.model.features = (8, 16)
     c.model.hidden = 32
     c.model.latent_dim = 4
     c.model.iwae_k = 4
-    c.batch_size = 8
-    c.num_train_steps = 6
-    c.log_every_steps = 2
-    c.eval_every_steps = 6
-    c.checkpoint_every_steps = 3
-    c.sample_every_steps = 6
-    c.data.eval_examples = 16
-  else:
-    raise ValueError(f'unknown preset {preset!r}; use default, cpu or smoke')
-  return c
+    smoke(c, num_preview=64)
+
+  return apply_preset(c, preset, cpu=cpu, smoke=smoke_)

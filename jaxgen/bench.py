@@ -1,38 +1,38 @@
 """Benchmarks: python -m jaxgen.bench --config configs/<name>.py[:preset] [--steps N] [--sampler] [--data].
 
-Training and sampling run on synthetic batches of the config's shapes (no dataset needed; latent diffusion
-needs --config.autoencoder_workdir and encodes the dataset once to fix its latent scale); --data times
-the real input pipeline alone, so a user sees whether input or compute bounds training. Prints one JSON
+Training and sampling run on synthetic batches drawn from the family's batch spec (no dataset needed;
+a config with stages, such as latent diffusion, needs them trained: --config.autoencoder_workdir); --data
+times the real input pipeline alone, so a user sees whether input or compute bounds training. Prints one JSON
 line per measurement, then a table. Keys (stable; null where the backend or family has no such figure):
 
   every line   bench ('train_step' | 'sampler' | 'data'), config, family, platform, device_kind, num_devices
   train_step   batch_size, compile_s (lower + compile), steps, step_ms_median, step_ms_p10, step_ms_p90,
-               examples_per_s, tokens_per_s (GPT: batch_size * block_size per step), num_params,
+               examples_per_s, tokens_per_s (language models: batch_size * tokens per example), num_params,
                flops_per_step (XLA cost analysis of the compiled step, all devices), flops_per_s,
                peak_flops_per_s (bf16 dense peak of the devices), mfu = flops_per_s / peak_flops_per_s,
-               flops_per_step_6nt and mfu_6nt (GPT: 6 N T with N the non-embedding parameters), peak_memory_bytes
-  sampler      sampler ('prior' | 'ddim' | 'ancestral' | 'kv_cache' | 'no_kv_cache'), steps (diffusion),
-               num, first_call_s (compile + one call), call_ms_median, images_per_s (image families);
-               GPT: prompt_tokens, new_tokens, prefill_tokens_per_s, decode_tokens_per_s
-  data         batch_size, batches, batch_ms_median, examples_per_s, tokens_per_s (GPT)
+               flops_per_step_6nt and mfu_6nt (language models: 6 N T with N the non-embedding parameters),
+               peak_memory_bytes
+  sampler      what the family's bench_sampler measures: sampler ('prior' | 'ddim' | 'ancestral' |
+               'kv_cache' | 'no_kv_cache'), steps (diffusion), num, first_call_s (compile + one call),
+               call_ms_median, samples_per_s; GPT: prompt_tokens, new_tokens, prefill_tokens_per_s,
+               decode_tokens_per_s
+  data         batch_size, batches, batch_ms_median, examples_per_s, tokens_per_s (language models)
 
 Notes. XLA counts a loop body once, so for GPT with grad_accum_steps = A the count is that of one
 micro-batch step times A. 6 N T leaves out the attention scores (12 L C T per token) and the tied
 output projection (6 C V per token), which the XLA count includes. MFU is against the bf16 dense peak
 whatever the compute dtype; there is none for CPUs.
 """
-import inspect
 import json
 import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxgen import cli, data, families
+from jaxgen import cli, families, stages, timing
 from jaxgen.errors import UserError
 from jaxgen.train import sharding, trainer
 
@@ -64,24 +64,10 @@ def peak_memory_bytes() -> int | None:
   return max(peaks) if peaks else None
 
 
-def percentiles_ms(seconds) -> dict:
-  p10, p50, p90 = np.percentile(np.asarray(seconds) * 1e3, [10, 50, 90])
-  return dict(median=float(p50), p10=float(p10), p90=float(p90))
-
-
-def synthetic_batch(config, rng: np.random.Generator) -> dict:
-  """This process's share of a batch of the config's shapes: random pixels/labels or tokens."""
-  n = config.batch_size // jax.process_count()
-  if config.family == 'gpt':
-    return {'tokens': rng.integers(0, config.model.vocab_size, (n, config.model.block_size + 1), np.int32)}
-  if 'autoencoder' in config:                       # latent diffusion: scaled latents ~ N(0, I)
-    return {'latent': rng.standard_normal((n, config.model.latent_dim), np.float32),
-            'label': rng.integers(0, config.data.num_classes, (n,), np.int32)}
-  if 'image_shape' not in config.data:
-    raise UserError(f'{config.family} config has no data.image_shape: set --config.data.image_shape=H,W,C')
-  lo, hi = config.data.pixel_range
-  return {'image': rng.uniform(lo, hi, (n, *config.data.image_shape)).astype(np.float32),
-          'label': rng.integers(0, config.data.get('num_classes', 10), (n,), np.int32)}
+def synthetic_batch(family, batch_size: int, rng: np.random.Generator) -> dict:
+  """This process's share of a batch drawn from the family's batch spec."""
+  n = batch_size // jax.process_count()
+  return {k: feature.synthetic(rng, n) for k, feature in family.batch_spec.items()}
 
 
 def _xla_flops(compiled) -> float | None:
@@ -91,7 +77,7 @@ def _xla_flops(compiled) -> float | None:
   return float(cost['flops']) if cost and cost.get('flops', 0) > 0 else None
 
 
-def compile_train_step(config, family, mesh, batch):
+def compile_train_step(config, spec, family, mesh, batch):
   """(the trainer's jitted step lowered on the abstract state and compiled, seconds taken, FLOPs per step).
 
   FLOPs: XLA's cost analysis of the partitioned (per-device) program times the devices; with
@@ -110,21 +96,16 @@ def compile_train_step(config, family, mesh, batch):
     micro.batch_size, micro.grad_accum_steps = config.batch_size // accum, 1
     micro_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((micro.batch_size, *x.shape[1:]), x.dtype,
                                                               sharding=x.sharding), batch)
-    flops = compile_train_step(micro, families.build(micro, tempfile.gettempdir()), mesh, micro_batch)[2]
+    flops = compile_train_step(micro, spec, families.build(micro, spec), mesh, micro_batch)[2]
     flops = flops and flops * accum
   return compiled, compile_s, flops
 
 
-def non_embedding_params(params) -> int:
-  """Parameters outside the token and position embeddings (Kaplan et al. 2020's N)."""
-  leaves = jax.tree_util.tree_leaves_with_path(params)
-  return sum(x.size for path, x in leaves if getattr(path[0], 'key', None) not in ('wte', 'wpe'))
-
-
-def bench_train(config, family, mesh, state, steps: int, warmup: int):
+def bench_train(config, spec, family, mesh, state, steps: int, warmup: int):
   """(record, final state): compile, then time `steps` steps after `warmup` on one synthetic batch."""
-  batch = sharding.global_batch(synthetic_batch(config, np.random.default_rng(0)), sharding.batch_sharding(mesh))
-  compiled, compile_s, flops = compile_train_step(config, family, mesh, batch)
+  batch = sharding.global_batch(synthetic_batch(family, config.batch_size, np.random.default_rng(0)),
+                                sharding.batch_sharding(mesh))
+  compiled, compile_s, flops = compile_train_step(config, spec, family, mesh, batch)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   train_keys = trainer.run_keys(config.seed)['train']
   times = []
@@ -136,7 +117,7 @@ def bench_train(config, family, mesh, state, steps: int, warmup: int):
       times.append(time.perf_counter() - t0)
   if not np.isfinite(float(metrics['loss'])):
     raise UserError(f'the train step gave loss={float(metrics["loss"])} on synthetic data')
-  ms = percentiles_ms(times)
+  ms = timing.percentiles_ms(times)
   step_s = ms['median'] / 1e3
   peak = peak_flops_per_device(jax.devices()[0])
   peak = peak and peak * mesh.devices.size
@@ -146,80 +127,27 @@ def bench_train(config, family, mesh, state, steps: int, warmup: int):
                 flops_per_step=flops, flops_per_s=flops and flops / step_s, peak_flops_per_s=peak,
                 mfu=flops and peak and flops / step_s / peak, flops_per_step_6nt=None, mfu_6nt=None,
                 peak_memory_bytes=peak_memory_bytes())
-  if config.family == 'gpt':
-    tokens = config.batch_size * config.model.block_size
-    flops_6nt = 6 * non_embedding_params(state.params) * tokens
-    record.update(tokens_per_s=tokens / step_s, flops_per_step_6nt=flops_6nt,
-                  mfu_6nt=peak and flops_6nt / step_s / peak)
+  if family.tokens_per_example:
+    record['tokens_per_s'] = config.batch_size * family.tokens_per_example / step_s
+  if family.model_flops_per_example:
+    flops_6nt = family.model_flops_per_example(state.params) * config.batch_size
+    record.update(flops_per_step_6nt=flops_6nt, mfu_6nt=peak and flops_6nt / step_s / peak)
   return record, state
 
 
-def _time_calls(fn, repeats: int) -> tuple[float, dict]:
-  """(seconds of the first call, compile included; percentiles in ms of `repeats` more calls)."""
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return first, percentiles_ms(times)
+def bench_sampler(family, state, num: int | None, repeats: int, **options):
+  """The family's sampler benchmarks, or sampler(rng, num) timed as 'prior'."""
+  if family.bench_sampler is not None:
+    yield from family.bench_sampler(state, num, repeats, **options)
+    return
+  sampler, num = family.make_sampler(state), num or 64
+  first, ms = timing.time_calls(lambda: sampler(jax.random.key(0), num=num), repeats)
+  yield timing.sampler_record('prior', num, first, ms, samples_per_s=num / (ms['median'] / 1e3))
 
 
-def bench_image_sampler(config, family, state, num: int, repeats: int, ddim_steps: int, ancestral_num: int):
-  sampler = family.make_sampler(state)
-  rng = jax.random.key(0)
-  if 'sampler' in inspect.signature(sampler).parameters:     # diffusion: ancestral over all training steps
-    runs = [('ddim', num, dict(sampler='ddim', steps=ddim_steps)),
-            ('ancestral', ancestral_num, dict(sampler='ancestral', steps=config.model.timesteps))]
-  else:
-    runs = [('prior', num, {})]
-  for name, n, options in runs:
-    first, ms = _time_calls(lambda: sampler(rng, num=n, **options), repeats)
-    yield dict(bench='sampler', sampler=name, steps=options.get('steps'), num=n, first_call_s=first,
-               call_ms_median=ms['median'], images_per_s=n / (ms['median'] / 1e3))
-
-
-def bench_gpt_sampler(config, state, num: int, repeats: int, prompt_tokens: int | None, new_tokens: int | None):
-  """Prefill: the first forward of the family's generate (prompt into a fresh KV cache, or the padded
-  block_size window without one); decode: (generate with new_tokens - prefill) / new_tokens."""
-  from jaxgen.families import gpt
-  from jaxgen.models.gpt import init_kv_cache
-  W = config.model.block_size
-  P = prompt_tokens or W // 2
-  M = W - P if new_tokens is None else new_tokens
-  if not 1 <= P <= W or M < 1:
-    raise UserError(f'need 1 <= prompt_tokens <= block_size={W} and new_tokens >= 1 (got {P}, {M})')
-  model = gpt.make_model(config.model)
-  prompt = jax.random.randint(jax.random.key(1), (num, P), 0, config.model.vocab_size)
-  params = state.params
-  prefills = {
-      'kv_cache': jax.jit(lambda params, x: model.apply({'params': params}, x, kv_cache=init_kv_cache(model, num))),
-      'no_kv_cache': jax.jit(lambda params, x: model.apply({'params': params}, jnp.pad(x, ((0, 0), (0, W - P))))),
-  }
-  for name, prefill_fn in prefills.items():
-    generate = gpt.make_generate(model, use_kv_cache=name == 'kv_cache')
-    first_prefill, prefill = _time_calls(lambda: prefill_fn(params, prompt), repeats)
-    first_total, total = _time_calls(lambda: generate(params, prompt, M, 1.0, None, None, jax.random.key(0)), repeats)
-    decode_s = max(total['median'] - prefill['median'], 1e-3) / 1e3
-    yield dict(bench='sampler', sampler=name, steps=None, num=num, first_call_s=first_prefill + first_total,
-               call_ms_median=total['median'], prompt_tokens=P, new_tokens=M,
-               prefill_tokens_per_s=num * P / (prefill['median'] / 1e3), decode_tokens_per_s=num * M / decode_s)
-
-
-def bench_sampler(config, family, state, num: int | None, repeats: int, ddim_steps: int, ancestral_num: int,
-                  prompt_tokens: int | None, new_tokens: int | None):
-  if config.family == 'gpt':
-    return bench_gpt_sampler(config, state, num or 8, repeats, prompt_tokens, new_tokens)
-  return bench_image_sampler(config, family, state, num or 64, repeats, ddim_steps, ancestral_num)
-
-
-def bench_data(config, steps: int, warmup: int) -> dict:
+def bench_data(config, family, steps: int, warmup: int) -> dict:
   with tempfile.TemporaryDirectory() as workdir:
-    with config.unlocked():
-      data.setup(config, workdir)
-    batches = data.train_iterator(config, workdir)
+    batches = stages.resolve(config, workdir).train_iterator()
     for _ in range(warmup):
       next(batches)
     times = []
@@ -229,10 +157,10 @@ def bench_data(config, steps: int, warmup: int) -> dict:
       times.append(time.perf_counter() - t0)
   total_s = sum(times)
   n = config.batch_size // jax.process_count()
-  record = dict(bench='data', batch_size=n, batches=steps, batch_ms_median=percentiles_ms(times)['median'],
+  record = dict(bench='data', batch_size=n, batches=steps, batch_ms_median=timing.percentiles_ms(times)['median'],
                 examples_per_s=n * steps / total_s, tokens_per_s=None)
-  if config.family == 'gpt':
-    record['tokens_per_s'] = n * steps * config.model.block_size / total_s
+  if family.tokens_per_example:
+    record['tokens_per_s'] = n * steps * family.tokens_per_example / total_s
   return record
 
 
@@ -259,7 +187,7 @@ def table(records: list[dict]) -> str:
       rows.append(('train_step', what, first, time_, speed, _fmt(r['flops_per_s']), mfu))
     elif r['bench'] == 'sampler':
       what = r['sampler'] + (f" {r['steps']} steps" if r['steps'] else '') + f" x{r['num']}"
-      speed = (f"{_fmt(r['images_per_s'])} img/s" if 'images_per_s' in r else
+      speed = (f"{_fmt(r['samples_per_s'])} samples/s" if 'samples_per_s' in r else
                f"prefill {_fmt(r['prefill_tokens_per_s'])} tok/s, decode {_fmt(r['decode_tokens_per_s'])} tok/s")
       rows.append(('sampler', what, f"{r['first_call_s']:.2f} s", f"{r['call_ms_median']:.2f} ms", speed, '-', '-'))
     else:
@@ -270,16 +198,14 @@ def table(records: list[dict]) -> str:
 
 
 def run_benchmarks(config, config_name: str, *, train=True, steps=20, warmup=2, sampler=False, data_=False,
-                   num=None, repeats=3, ddim_steps=50, ancestral_num=8, prompt_tokens=None, new_tokens=None,
-                   emit=lambda line: print(line, flush=True)):
-  """Runs the chosen benchmarks; emits each record as a JSON line as it is measured and returns them."""
+                   num=None, repeats=3, emit=lambda line: print(line, flush=True), **sampler_options):
+  """Runs the chosen benchmarks; emits each record as a JSON line as it is measured and returns them.
+  sampler_options go to the family's bench_sampler (ddim_steps, ancestral_num, prompt_tokens, new_tokens)."""
   if steps < 1 or repeats < 1:
     raise UserError(f'--steps={steps} and --repeats={repeats} must be >= 1')
-  if 'autoencoder' in config:                      # latent diffusion needs its trained first stage
-    if not config.autoencoder_workdir:
-      raise UserError('benchmarking latent diffusion needs --config.autoencoder_workdir=DIR (a trained VAE workdir)')
-    with tempfile.TemporaryDirectory() as workdir, config.unlocked():
-      data.setup(config, workdir)
+  with tempfile.TemporaryDirectory() as workdir:
+    spec = stages.spec(config, workdir)
+  family = families.build(config, spec)
   common = dict(config=config_name, family=config.family, **device_info())
   records = []
 
@@ -291,17 +217,15 @@ def run_benchmarks(config, config_name: str, *, train=True, steps=20, warmup=2, 
   if train or sampler:                            # one state for both: creating it compiles the init
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_size(config.batch_size, mesh)
-    family = families.build(config, tempfile.gettempdir())
     state, _ = trainer.create_state(family, mesh, config.seed)
   if train:
-    record, state = bench_train(config, family, mesh, state, steps, warmup)
+    record, state = bench_train(config, spec, family, mesh, state, steps, warmup)
     emit_record(record)
   if sampler:
-    for record in bench_sampler(config, family, state, num, repeats, ddim_steps, ancestral_num, prompt_tokens,
-                                new_tokens):
+    for record in bench_sampler(family, state, num, repeats, **sampler_options):
       emit_record(record)
   if data_:
-    emit_record(bench_data(config, steps, warmup))
+    emit_record(bench_data(config, family, steps, warmup))
   return records
 
 
@@ -314,7 +238,7 @@ def define_flags() -> None:
   flags.DEFINE_bool('sampler', False, 'benchmark the sampler')
   flags.DEFINE_bool('data', False, 'benchmark the input pipeline (prepares the dataset if needed)')
   flags.DEFINE_integer('repeats', 3, 'timed sampler calls per measurement')
-  flags.DEFINE_integer('num', None, 'samples per sampler call (default 64 images, 8 GPT sequences)')
+  flags.DEFINE_integer('num', None, 'samples per sampler call (default: 64 images, 8 GPT sequences)')
   flags.DEFINE_integer('ddim_steps', 50, 'diffusion: DDIM steps')
   flags.DEFINE_integer('ancestral_num', 8, 'diffusion: samples per ancestral call (all training timesteps)')
   flags.DEFINE_integer('prompt_tokens', None, 'GPT: prompt length (default block_size // 2)')

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgen import bench, families
+from jaxgen import bench, data, families
 from jaxgen.train import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +19,7 @@ TRAIN_KEYS = COMMON | {
     'batch_size', 'compile_s', 'steps', 'step_ms_median', 'step_ms_p10', 'step_ms_p90', 'examples_per_s',
     'tokens_per_s', 'num_params', 'flops_per_step', 'flops_per_s', 'peak_flops_per_s', 'mfu',
     'flops_per_step_6nt', 'mfu_6nt', 'peak_memory_bytes'}
-IMAGE_SAMPLER_KEYS = COMMON | {'sampler', 'steps', 'num', 'first_call_s', 'call_ms_median', 'images_per_s'}
+IMAGE_SAMPLER_KEYS = COMMON | {'sampler', 'steps', 'num', 'first_call_s', 'call_ms_median', 'samples_per_s'}
 GPT_SAMPLER_KEYS = COMMON | {'sampler', 'steps', 'num', 'first_call_s', 'call_ms_median', 'prompt_tokens',
                              'new_tokens', 'prefill_tokens_per_s', 'decode_tokens_per_s'}
 # figures a backend or family may not have (null); every other figure must be a positive number
@@ -71,7 +71,7 @@ def test_vae_train_line_has_the_documented_keys_and_positive_figures(vae_records
     assert train['mfu'] is None and train['tokens_per_s'] is None
 
 
-def test_vae_sampler_line_reports_images_per_second(vae_records):
+def test_vae_sampler_line_reports_samples_per_second(vae_records):
   (sampler,) = vae_records[1:]
   assert set(sampler) == IMAGE_SAMPLER_KEYS and sampler['sampler'] == 'prior' and sampler['num'] == 8
   assert_positive_figures(sampler)
@@ -117,11 +117,12 @@ def test_flops_count_every_gradient_accumulation_micro_batch():
   config = load_config('gpt2_124m')                       # smoke: batch 8 in 2 micro-batches
   assert config.grad_accum_steps == 2
   mesh = sharding.make_mesh(config.mesh)
-  batch = sharding.global_batch(bench.synthetic_batch(config, np.random.default_rng(0)),
-                                sharding.batch_sharding(mesh))
+  spec = data.synthetic_spec(config)
+  batch = sharding.global_batch(bench.synthetic_batch(families.build(config, spec), config.batch_size,
+                                                      np.random.default_rng(0)), sharding.batch_sharding(mesh))
 
   def flops(config):
-    return bench.compile_train_step(config, families.build(config, '/nonexistent'), mesh, batch)[2]
+    return bench.compile_train_step(config, spec, families.build(config, spec), mesh, batch)[2]
 
   accumulated = flops(config)
   config.grad_accum_steps = 1

@@ -72,7 +72,7 @@ def _labels(batches):
 def test_pixels_scale_exactly_to_pixel_range(config, pixel_range):
   config.data.pixel_range = pixel_range
   lo, hi = pixel_range
-  batch = next(images.train_iterator(config, ''))
+  batch = next(images.train_iterator(config))
   assert batch['image'].shape == (8, 28, 28, 1) and batch['image'].dtype == np.float32
   assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
   for image, label in zip(batch['image'], batch['label']):
@@ -82,7 +82,7 @@ def test_pixels_scale_exactly_to_pixel_range(config, pixel_range):
 
 
 def test_each_epoch_is_a_new_permutation(config):
-  it = images.train_iterator(config, '')
+  it = images.train_iterator(config)
   per_epoch = NUM_TRAIN // 8
   epoch1, epoch2 = _labels(_take(it, per_epoch)), _labels(_take(it, per_epoch))
   assert sorted(epoch1) == sorted(epoch2) == list(range(NUM_TRAIN))
@@ -90,10 +90,10 @@ def test_each_epoch_is_a_new_permutation(config):
 
 
 def test_order_is_a_function_of_the_seed(config):
-  first = _labels(_take(images.train_iterator(config, ''), 10))
-  np.testing.assert_array_equal(first, _labels(_take(images.train_iterator(config, ''), 10)))
+  first = _labels(_take(images.train_iterator(config), 10))
+  np.testing.assert_array_equal(first, _labels(_take(images.train_iterator(config), 10)))
   config.seed = 1
-  assert not np.array_equal(first, _labels(_take(images.train_iterator(config, ''), 10)))
+  assert not np.array_equal(first, _labels(_take(images.train_iterator(config), 10)))
 
 
 def _as_process(monkeypatch, index, count):
@@ -105,10 +105,10 @@ def test_processes_read_disjoint_shares_that_cover_the_data(config, monkeypatch)
   shares, evals = [], []
   for index in range(2):
     _as_process(monkeypatch, index, 2)
-    batches = _take(images.train_iterator(config, ''), NUM_TRAIN // 8)  # one epoch of 4-example batches
+    batches = _take(images.train_iterator(config), NUM_TRAIN // 8)  # one epoch of 4-example batches
     assert all(b['label'].shape == (4,) for b in batches)
     shares.append(set(_labels(batches)))
-    evals.append(_labels(images.eval_batches(config, '')))
+    evals.append(_labels(images.eval_batches(config)))
   assert len(shares[0]) == len(shares[1]) == NUM_TRAIN // 2
   assert shares[0].isdisjoint(shares[1]) and shares[0] | shares[1] == set(range(NUM_TRAIN))
   # eval: 30 examples -> 3 global batches of 8 -> 12 examples on each process, the first 24 in all
@@ -117,34 +117,34 @@ def test_processes_read_disjoint_shares_that_cover_the_data(config, monkeypatch)
 
 
 def test_eval_batches_are_the_first_test_examples_in_order_and_reiterable(config):
-  ds = images.eval_batches(config, '')
+  ds = images.eval_batches(config)
   batches = list(ds)
   assert [b['label'].shape for b in batches] == [(8,)] * 3  # 30 // 8 batches, remainder dropped
   np.testing.assert_array_equal(_labels(batches), np.arange(1000, 1024))
   np.testing.assert_array_equal(_labels(ds), _labels(batches))
   config.data.eval_examples = 7
-  assert not list(images.eval_batches(config, ''))  # less than a batch: nothing (the trainer says so)
+  assert not list(images.eval_batches(config))  # less than a batch: nothing (the trainer says so)
 
 
 def test_iterator_state_restores_the_exact_position(config):
-  it = images.train_iterator(config, '')
+  it = images.train_iterator(config)
   _take(it, 7)  # into the second epoch
   state = it.get_state()
   expected = _labels(_take(it, 6))
-  fresh = images.train_iterator(config, '')
+  fresh = images.train_iterator(config)
   fresh.set_state(state)
   np.testing.assert_array_equal(_labels(_take(fresh, 6)), expected)
 
 
 def test_orbax_checkpoint_restores_the_iterator_mid_epoch(config, tmp_path):
-  it = images.train_iterator(config, '')
+  it = images.train_iterator(config)
   _take(it, 3)
   with ocp.CheckpointManager(tmp_path / 'ckpt') as manager:
     manager.save(3, args=ocp.args.Composite(
         params=ocp.args.StandardSave({'w': np.arange(3.0)}), data=grain.checkpoint.CheckpointSave(it)))
     manager.wait_until_finished()
   expected = _take(it, 4)
-  fresh = images.train_iterator(config, '')
+  fresh = images.train_iterator(config)
   with ocp.CheckpointManager(tmp_path / 'ckpt') as manager:
     restored = manager.restore(3, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(), data=grain.checkpoint.CheckpointRestore(fresh)))
@@ -186,7 +186,7 @@ def test_setup_offline_without_local_files_is_a_one_line_user_error(tmp_path, mo
     monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', fail)
   start = time.perf_counter()
   with pytest.raises(UserError) as error:
-    images.setup(config, str(tmp_path))
+    images.load(config, str(tmp_path))
   assert time.perf_counter() - start < 5 and probes
   message = str(error.value)
   assert '\n' not in message and 'fashion_mnist is not prepared' in message
@@ -198,7 +198,7 @@ def test_setup_without_tensorflow_asks_for_the_prepare_extra(tmp_path, monkeypat
   config = base_config()
   config.data.data_dir = str(tmp_path / 'tfds')
   with pytest.raises(UserError, match=r"pip install 'jaxgen\[prepare\]'"):
-    images.setup(config, str(tmp_path))
+    images.load(config, str(tmp_path))
 
 
 def _write_idx(path, array):
@@ -228,10 +228,11 @@ def test_offline_setup_prepares_local_fashion_mnist_readable_by_tfds_data_source
   config.data.data_dir, config.data.manual_dir = str(tmp_path / 'tfds'), str(manual)
   monkeypatch.setattr(images.socket, 'create_connection', lambda *a, **k: (_ for _ in ()).throw(OSError()))
 
-  images.setup(config, str(tmp_path))
+  spec = images.load(config, str(tmp_path)).spec
   out = capsys.readouterr().out  # our one line, then TFDS's progress
   assert out.startswith(f'jaxgen: no network; preparing fashion_mnist from the local files in {manual}\n')
-  assert config.data.image_shape == (28, 28, 1) and config.data.num_classes == 10
+  assert spec.image_shape == (28, 28, 1) and spec.num_classes == 10
+  assert 'image_shape' not in config.data                            # the config is never written to
   builder = tfds.builder('fashion_mnist', data_dir=config.data.data_dir)
   assert str(builder.version) == '3.0.1' and builder.data_dir.endswith('fashion_mnist/3.0.1')
   for split, (pixels, labels) in data.items():
@@ -241,17 +242,17 @@ def test_offline_setup_prepares_local_fashion_mnist_readable_by_tfds_data_source
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
                       lambda *a, **k: pytest.fail('prepared twice'))
-  images.setup(config, str(tmp_path))  # already prepared: nothing to do
-  batch = next(images.train_iterator(config, ''))
+  images.load(config, str(tmp_path))  # already prepared: nothing to do
+  batch = next(images.train_iterator(config))
   assert batch['image'].shape == (4, 28, 28, 1) and batch['image'].min() >= -1 and batch['image'].max() <= 1
 
 
 def test_worker_processes_yield_the_same_batches_and_restore(config):
-  expected = _labels(_take(images.train_iterator(config, ''), 8))
+  expected = _labels(_take(images.train_iterator(config), 8))
   config.data.num_workers = 2
-  it = images.train_iterator(config, '')
+  it = images.train_iterator(config)
   np.testing.assert_array_equal(_labels(_take(it, 5)), expected[:40])
-  fresh = images.train_iterator(config, '')
+  fresh = images.train_iterator(config)
   fresh.set_state(it.get_state())
   np.testing.assert_array_equal(_labels(_take(fresh, 3)), expected[40:])
 
@@ -263,7 +264,7 @@ def test_setup_rejects_a_dataset_prepared_as_tfrecord(tmp_path):
   config = base_config()
   config.data.data_dir = str(tmp_path / 'tfds')
   with pytest.raises(UserError, match='prepared in .* as tfrecord.*tfds convert_format'):
-    images.setup(config, str(tmp_path))
+    images.load(config, str(tmp_path))
 
 
 def test_pipeline_runs_on_mock_datas_default_source(tmp_path):
@@ -271,6 +272,6 @@ def test_pipeline_runs_on_mock_datas_default_source(tmp_path):
   config = base_config()
   config.batch_size, config.data.data_dir = 8, str(tmp_path / 'tfds')
   with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
-    batch = next(images.train_iterator(config, ''))
+    batch = next(images.train_iterator(config))
   assert batch['image'].shape == (8, 28, 28, 1) and batch['image'].dtype == np.float32
   assert -1 <= batch['image'].min() and batch['image'].max() <= 1 and batch['label'].dtype == np.int32

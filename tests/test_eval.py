@@ -104,7 +104,7 @@ def test_bits_conversions():
 
 
 def test_classifier_cache_round_trips_as_plain_npz(tmp_path):
-  from jaxgen import eval as jaxgen_eval
+  from jaxgen import evaluators as jaxgen_eval
   model = jaxgen_eval._model('fashion_mnist')
   shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 28, 28, 1), np.float32))
   rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def test_classifier_cache_round_trips_as_plain_npz(tmp_path):
 
 
 def test_cached_classifier_of_another_architecture_is_not_used(tmp_path):
-  from jaxgen import eval as jaxgen_eval
+  from jaxgen import evaluators as jaxgen_eval
   jaxgen_eval.save_classifier(str(tmp_path), 'fashion_mnist', {'w': np.zeros(2, np.float32)},
                               dict(architecture={'features': [1], 'hidden': 1}))
   assert jaxgen_eval.load_classifier_params(str(tmp_path), 'fashion_mnist') is None
@@ -128,7 +128,7 @@ def test_cached_classifier_of_another_architecture_is_not_used(tmp_path):
 def test_classifiers_are_kept_beside_the_datasets(tmp_path, monkeypatch):
   """jaxgen writes only in workdirs and the TFDS data directory."""
   import tensorflow_datasets as tfds
-  from jaxgen import eval as jaxgen_eval
+  from jaxgen import evaluators as jaxgen_eval
   assert jaxgen_eval.classifier_dir(str(tmp_path)) == str(tmp_path / 'jaxgen_classifiers')
   monkeypatch.setattr(tfds.core.constants, 'DATA_DIR', str(tmp_path / 'default'))
   assert jaxgen_eval.classifier_dir(None) == str(tmp_path / 'default' / 'jaxgen_classifiers')

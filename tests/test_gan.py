@@ -15,7 +15,8 @@ from configs import gan_fashion_mnist
 from jaxgen.errors import UserError
 from jaxgen.families import gan
 from jaxgen.models.dcgan import ConvTranspose2x, Discriminator, Generator
-from jaxgen.train import trainer
+from jaxgen import stages
+from tests.support import specs
 from tests.support.mock_tfds import mock_images
 
 def smoke_config(**overrides):
@@ -153,7 +154,7 @@ class Setup(NamedTuple):
 @functools.cache
 def setup(variant: str) -> Setup:
   config = smoke_config(**VARIANTS[variant])
-  steps = gan.make_steps(config)
+  steps = gan.make_steps(config, specs.FASHION_MNIST)
   return Setup(config, steps, jax.jit(steps.init)(jax.random.key(0)), jax.jit(steps.discriminator_step),
                jax.jit(steps.generator_step), jax.jit(steps.train_step))
 
@@ -249,7 +250,7 @@ def test_generator_batchnorm_stats_are_those_of_its_own_forward_pass():
 
 def test_eval_step_reports_both_losses_and_discriminator_means():
   dcgan = setup('dcgan')
-  family = gan.build(dcgan.config)
+  family = gan.build(dcgan.config, specs.FASHION_MNIST)
   metrics = jax.jit(family.eval_step)(dcgan.state, synthetic_batch(), jax.random.key(1))
   assert set(metrics) == {'loss', 'd_loss', 'g_loss', 'd_real', 'd_fake'}
   np.testing.assert_allclose(metrics['loss'], metrics['d_loss'] + metrics['g_loss'], rtol=1e-6)
@@ -260,7 +261,7 @@ def test_eval_step_reports_both_losses_and_discriminator_means():
 
 def test_unknown_loss_is_a_user_error():
   with pytest.raises(UserError, match='gan.loss'):
-    gan.build(smoke_config(**{'gan.loss': 'wasserstein'}))
+    gan.build(smoke_config(**{'gan.loss': 'wasserstein'}), specs.FASHION_MNIST)
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -268,7 +269,7 @@ def test_unknown_loss_is_a_user_error():
 @pytest.fixture(scope='module')
 def conditional():
   """A conditional family and its initial state."""
-  family = gan.build(smoke_config(**{'model.conditional': True}))
+  family = gan.build(smoke_config(**{'model.conditional': True}), specs.FASHION_MNIST)
   return family, jax.jit(family.init)(jax.random.key(0))
 
 
@@ -291,7 +292,7 @@ def test_sampler_rejects_bad_options(conditional):
       sampler(jax.random.key(0), **kwargs)
   dcgan = setup('dcgan')
   with pytest.raises(UserError, match='conditional'):
-    gan.build(dcgan.config).make_sampler(dcgan.state)(jax.random.key(0), num=2, label=1)
+    gan.build(dcgan.config, specs.FASHION_MNIST).make_sampler(dcgan.state)(jax.random.key(0), num=2, label=1)
 
 
 def test_preview_uses_fixed_noise_and_one_row_per_class(conditional):
@@ -317,7 +318,7 @@ def test_conditional_smoke_run_writes_checkpoints_and_grid_and_resumes_bit_exact
     config.num_train_steps = steps
     config.data.data_dir = str(tmp_path / 'tfds')
     with mock_images():
-      return trainer.train_and_evaluate(config, str(workdir))
+      return stages.train_and_evaluate(config, str(workdir))
 
   straight = train(tmp_path / 'straight', 6)
   train(tmp_path / 'resumed', 3)

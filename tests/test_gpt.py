@@ -146,17 +146,17 @@ def smoke(tmp_path_factory):
   path.write_text(CORPUS)
   config = get_config('smoke')
   config.data.text_file = str(path)
-  data.setup(config, str(workdir))
-  family = gpt.build(config, str(workdir))
-  return config, str(workdir), family, nn.meta.unbox(jax.jit(family.init)(jax.random.key(0)))
+  spec = data.load(config, str(workdir)).spec
+  family = gpt.build(config, spec)
+  return config, spec, family, nn.meta.unbox(jax.jit(family.init)(jax.random.key(0)))
 
 
 def test_initial_loss_is_log_vocab_size(smoke):
-  config, _, family, state = smoke
-  tokens = jax.random.randint(jax.random.key(0), (8, config.model.block_size + 1), 0, config.model.vocab_size)
+  config, spec, family, state = smoke
+  tokens = jax.random.randint(jax.random.key(0), (8, config.model.block_size + 1), 0, spec.vocab_size)
   loss = jax.jit(family.eval_step)(state, {'tokens': tokens}, None)['loss']
-  assert config.model.vocab_size == len(set(CORPUS[:int(len(CORPUS) * 0.9)]))
-  assert float(loss) == pytest.approx(math.log(config.model.vocab_size), abs=0.05)
+  assert spec.vocab_size == len(set(CORPUS[:int(len(CORPUS) * 0.9)]))
+  assert float(loss) == pytest.approx(math.log(spec.vocab_size), abs=0.05)
 
 
 def test_same_key_same_text_and_prompt_is_kept(smoke):
@@ -195,15 +195,15 @@ def test_weight_decay_skips_norms_biases_and_embeddings(tiny):
 
 
 def test_gradient_accumulation_equals_full_batch_step(smoke):
-  config, workdir, *_ = smoke
+  config, spec, *_ = smoke
   config = config.copy_and_resolve_references()
   config.model.update(num_layers=1, embed_dim=16, block_size=8, dropout=0.0)
-  tokens = jax.random.randint(jax.random.key(3), (8, 9), 0, config.model.vocab_size)
-  state = nn.meta.unbox(jax.jit(gpt.build(config, workdir).init)(jax.random.key(0)))
+  tokens = jax.random.randint(jax.random.key(3), (8, 9), 0, spec.vocab_size)
+  state = nn.meta.unbox(jax.jit(gpt.build(config, spec).init)(jax.random.key(0)))
   results = []
   for accum in (1, 4):
     config.grad_accum_steps = accum
-    results.append(jax.jit(gpt.build(config, workdir).train_step)(state, {'tokens': tokens}, jax.random.key(0)))
+    results.append(jax.jit(gpt.build(config, spec).train_step)(state, {'tokens': tokens}, jax.random.key(0)))
   (one, m1), (four, m4) = results
   assert float(m1['loss']) == pytest.approx(float(m4['loss']), abs=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), one.params, four.params)

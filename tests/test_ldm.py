@@ -1,4 +1,5 @@
 """Latent diffusion: the latent scale, stage one trained on demand, a frozen decoder, autoencoder checks."""
+import json
 import os
 import shutil
 
@@ -9,12 +10,12 @@ import pytest
 
 import jaxgen
 from configs import ldm_fashion_mnist
-from jaxgen.data import latents
+from jaxgen import data, samples, stages
 from jaxgen.errors import UserError
-from jaxgen.families import ddpm, vae
+from jaxgen.families import ddpm, ldm, vae
 from jaxgen.models.mlp_denoiser import MLPDenoiser
 from jaxgen.models.vae import VAE
-from jaxgen.train import checkpointing, trainer
+from jaxgen.train import checkpointing
 from tests.support.mock_tfds import mock_images
 
 
@@ -30,48 +31,51 @@ def trained(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp('ldm')
   workdir = str(tmp_path / 'ldm')
   with mock_images():
-    state = trainer.train_and_evaluate(smoke_config(tmp_path), workdir)
+    state = stages.train_and_evaluate(smoke_config(tmp_path), workdir)
   return workdir, state
 
 
-def test_stage_one_is_trained_and_recorded(trained):
+def test_stage_one_is_trained_and_recorded_in_the_spec_not_the_config(trained):
   workdir, _ = trained
-  config = checkpointing.load_config(workdir)
-  assert config.autoencoder_workdir == os.path.join(workdir, 'autoencoder')
-  assert checkpointing.load_config(config.autoencoder_workdir).family == 'vae'
-  assert config.model.autoencoder_step == 6 and config.model.latent_dim == 4
-  _, ae_params = latents.load_autoencoder(config)
-  assert config.model.autoencoder_fingerprint == latents.fingerprint(ae_params)
+  spec, config = checkpointing.load_spec(workdir), checkpointing.load_config(workdir)
+  stage = spec.stages.autoencoder
+  assert stage.workdir == os.path.join(workdir, 'autoencoder') and stage.step == 6
+  assert checkpointing.load_config(stage.workdir).family == 'vae'
+  assert spec.features.latent == (4,) and spec.modality == 'array' and spec.num_classes == 10
+  _, _, _, ae_state = checkpointing.restore_run(stage.workdir, vae.build, 6)
+  assert stage.fingerprint == checkpointing.fingerprint(ae_state)
+  assert config.autoencoder_workdir is None and 'latent_scale' not in config.model   # the config as given
 
 
 def test_latent_scale_makes_training_latents_unit_variance(trained):
-  config = checkpointing.load_config(trained[0])
-  z = latents.train_latents(config)['latent']
-  assert z.shape == (64, 4)
-  assert abs(np.var(config.model.latent_scale * z, dtype=np.float64) - 1) < 1e-5
-  batch = next(latents.train_iterator(config, trained[0]))
-  scaled = config.model.latent_scale * z                       # every batch row is a scaled training latent
-  nearest = np.argmin(np.square(batch['latent'][:, None] - scaled[None]).sum(-1), axis=1)
-  np.testing.assert_allclose(batch['latent'], scaled[nearest], rtol=1e-6)
-  np.testing.assert_array_equal(batch['label'], latents.train_latents(config)['label'][nearest])
+  """One epoch of training batches is the whole (64-example) train split permuted: s z has unit variance."""
+  workdir, _ = trained
+  config = checkpointing.load_config(workdir)
+  with mock_images():
+    dataset = stages.resolve(config, workdir)
+  batches = [next(it) for it in [dataset.train_iterator()] for _ in range(64 // config.batch_size)]
+  z = np.concatenate([b['latent'] for b in batches])
+  assert z.shape == (64, 4) and dataset.spec.latent_scale == checkpointing.load_spec(workdir).latent_scale
+  assert abs(np.var(z, dtype=np.float64) - 1) < 1e-5
+  labels = np.concatenate([b['label'] for b in batches])
+  np.testing.assert_array_equal(np.sort(labels), np.sort(np.arange(64) % 10))   # every example once
 
 
 def test_sampler_decodes_ddim_latents_with_the_frozen_vae_decoder(trained):
   """The jitted sampler = the VAE decoder (parameters as stage one saved them) applied to z / s for the
   latents z of DDPM's own DDIM sampler: the decoder took no part in stage two's training."""
   workdir, state = trained
-  config = checkpointing.load_config(workdir)
-  ae_config, ae_params = latents.load_autoencoder(config)
-  assert latents.fingerprint(ae_params) == config.model.autoencoder_fingerprint   # unchanged by stage two
+  config, spec = checkpointing.load_config(workdir), checkpointing.load_spec(workdir)
+  ae_config, ae_spec, ae_params = ldm.load_autoencoder(spec)       # checks the fingerprint: unchanged by stage two
   assert not set(state.params) & {'encoder', 'decoder', 'log_scale'}
 
   family = ddpm.diffusion_family(config, MLPDenoiser(
       out_dim=4, width=config.model.width, num_blocks=config.model.num_blocks, num_classes=10),
-      (4,), batch_key='latent', decode=lambda _, z: z)
+      (4,), batch_key='latent', batch_spec={}, sample_kind=samples.Images(), evaluators={}, decode=lambda _, z: z)
   labels = jnp.arange(6) % 10
   z = family.make_sampler(state)(jax.random.key(3), num=6, label=np.asarray(labels), guidance=0.0)
-  logits, _ = vae.make_model(ae_config).apply({'params': ae_params}, z / config.model.latent_scale,
-                                              method=VAE.decode)
+  logits, _ = vae.make_model(ae_config, ae_spec).apply({'params': ae_params}, z / spec.latent_scale,
+                                                       method=VAE.decode)
   expected = np.asarray(jnp.round(jax.nn.sigmoid(logits) * 255)).astype(np.uint8)
 
   sampler = jaxgen.load_sampler(workdir)
@@ -92,16 +96,16 @@ def test_missing_or_changed_autoencoder_is_refused(trained, tmp_path):
   workdir, _ = trained
   copy = str(tmp_path / 'ldm')
   shutil.copytree(workdir, copy)
-  config = checkpointing.load_config(copy)
-  ae_dir = config.autoencoder_workdir          # the original run's autoencoder, outside the copy
+  spec = checkpointing.load_spec(copy)
+  ae_dir = spec.stages.autoencoder.workdir        # the original run's autoencoder, outside the copy
   moved = ae_dir + '.moved'
   os.rename(ae_dir, moved)
   try:
-    with pytest.raises(UserError, match='autoencoder .* is missing'):
+    with pytest.raises(UserError, match='stage .* this run depends on is missing'):
       jaxgen.load_sampler(copy)
   finally:
     os.rename(moved, ae_dir)
-  checkpoint = os.path.join(ae_dir, 'checkpoints', str(config.model.autoencoder_step))
+  checkpoint = os.path.join(ae_dir, 'checkpoints', '6')
   os.rename(checkpoint, checkpoint + '.moved')
   try:
     with pytest.raises(UserError, match='no longer has checkpoint 6'):
@@ -109,14 +113,16 @@ def test_missing_or_changed_autoencoder_is_refused(trained, tmp_path):
   finally:
     os.rename(checkpoint + '.moved', checkpoint)
 
-  # Point the copy at another VAE of the same shape (another seed): refused by its fingerprint.
+  # Point the copy's recorded stage at another VAE of the same shape (another seed): refused by its fingerprint.
   other = str(tmp_path / 'other_vae')
   ae_config = checkpointing.load_config(ae_dir)
   ae_config.seed = 1
   with mock_images():
-    trainer.train_and_evaluate(ae_config, other)
-  config.autoencoder_workdir = other
-  checkpointing.save_config(copy, config)
+    stages.train_and_evaluate(ae_config, other)
+  record = json.loads(data.spec_to_json(spec))
+  record['stages']['autoencoder']['workdir'] = other
+  with open(checkpointing.spec_path(copy), 'w') as f:
+    json.dump(record, f)
   with pytest.raises(UserError, match='not the one this run was trained with'):
     jaxgen.load_sampler(copy)
 
@@ -127,13 +133,13 @@ def test_resumed_run_on_a_given_autoencoder_equals_the_straight_run(trained, tmp
   config.autoencoder_workdir = os.path.join(workdir, 'autoencoder')   # trained: used as is
   with mock_images():
     config.num_train_steps = 2
-    trainer.train_and_evaluate(config.copy_and_resolve_references(), str(tmp_path / 'run'))
+    stages.train_and_evaluate(config.copy_and_resolve_references(), str(tmp_path / 'run'))
     config.num_train_steps = 4
-    resumed = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert checkpointing.load_config(str(tmp_path / 'run')).model.latent_scale == config.model.latent_scale
+    resumed = stages.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert checkpointing.load_spec(str(tmp_path / 'run')) == checkpointing.load_spec(workdir)
   config.autoencoder_workdir = None      # re-running without the flag uses the autoencoder the run recorded
   with mock_images():
-    again = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+    again = stages.train_and_evaluate(config, str(tmp_path / 'run'))
   assert int(again.step) == 4
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -150,14 +156,14 @@ def test_bench_times_latent_training_and_sampling(trained):
   train, ddim, ancestral = records
   assert train['examples_per_s'] > 0 and train['flops_per_step'] > 0
   assert (ddim['sampler'], ddim['steps'], ancestral['sampler']) == ('ddim', 3, 'ancestral')
-  assert ddim['images_per_s'] > 0 and ancestral['images_per_s'] > 0
+  assert ddim['samples_per_s'] > 0 and ancestral['samples_per_s'] > 0
 
 
 def test_cosine_schedule_with_eps_prediction_is_refused_without_x0_clipping(trained):
   """abar_T = 2.4e-9: the first DDIM step would scale eps errors by 2e4 (measured FD-FMNIST 32.6 vs 10.3)."""
-  config = checkpointing.load_config(trained[0])
+  config, spec = checkpointing.load_config(trained[0]), checkpointing.load_spec(trained[0])
   config.model.beta_schedule = 'cosine'
   with pytest.raises(UserError, match='multiplies eps errors by 20291; use --config.model.prediction=v'):
-    jaxgen.families.build(config, trained[0])
+    jaxgen.families.build(config, spec)
   config.model.prediction = 'v'
-  jaxgen.families.build(config, trained[0])
+  jaxgen.families.build(config, spec)

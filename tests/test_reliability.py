@@ -17,6 +17,7 @@ from configs import vae_fashion_mnist
 from tests.support.mock_tfds import mock_images
 from jaxgen import families
 from jaxgen.errors import UserError
+from jaxgen import stages
 from jaxgen.train import trainer
 from tests.conftest import ROOT
 
@@ -34,7 +35,7 @@ def _config(tmp_path, steps, **overrides):
 
 def _train(config, workdir):
   with mock_images():
-    return trainer.train_and_evaluate(config, str(workdir))
+    return stages.train_and_evaluate(config, str(workdir))
 
 
 def _params(workdir):

@@ -211,7 +211,7 @@ def test_two_processes_with_fsdp_train_gpt_like_one_process(tmp_path):
   corpus = tmp_path / 'corpus.txt'
   corpus.write_text('the quick brown fox jumps over the lazy dog.\n' * 200)
   args = ['--config', 'configs/gpt_shakespeare_char.py:smoke', f'--config.data.text_file={corpus}',
-          '--config.model.dropout=0.0', '--config.sample.max_new_tokens=8']
+          '--config.model.dropout=0.0', '--config.sampling.max_new_tokens=8']
   _train(tmp_path / 'one', args, processes=1, devices=4)
   outputs = _train(tmp_path / 'two', [*args, '--config.mesh.fsdp=4'], processes=2, devices=2)
   _assert_same_run(tmp_path / 'one', tmp_path / 'two')
@@ -281,10 +281,13 @@ def test_cluster_is_detected_only_for_multi_task_slurm_steps(monkeypatch):
 # ------------------------------------------------------------------------- what the subprocesses run
 
 def _smoke_config(family: str):
-  config = importlib.import_module(f'configs.{CONFIGS[family]}').get_config('smoke')
-  with config.unlocked():                    # what data.setup derives from a dataset
-    config.data.image_shape, config.data.num_classes, config.model.vocab_size = (28, 28, 1), 10, 16
-  return config
+  return importlib.import_module(f'configs.{CONFIGS[family]}').get_config('smoke')
+
+
+def _smoke_spec(family: str):
+  """What the data would derive: the mocked images, or 16 characters."""
+  from tests.support import specs
+  return specs.text(16) if family == 'gpt' else specs.FASHION_MNIST
 
 
 def _batches(config) -> list[dict]:
@@ -343,6 +346,7 @@ def _checkpoint_round_trip(family, config, state, workdir) -> dict:
   import jax
   from jaxgen.train import checkpointing, trainer
   checkpointing.save_config(workdir, config)
+  checkpointing.save_spec(workdir, _smoke_spec('gpt'))
   mngr = checkpointing.manager(workdir)
   data_iterator = iter(grain.MapDataset.range(4).to_iter_dataset())
 
@@ -379,7 +383,8 @@ def _default_model_fractions() -> dict:
     if not os.path.exists(os.path.join(ROOT, 'configs', f'{name}.py')):
       continue
     config = importlib.import_module(f'configs.{name}').get_config('default')
-    boxed = jax.eval_shape(families.build(config, '/nonexistent').init, jax.random.key(0))
+    from jaxgen import data
+    boxed = jax.eval_shape(families.build(config, data.synthetic_spec(config)).init, jax.random.key(0))
     shardings = sharding.state_shardings(boxed, _mesh(1, 8))
     params, param_shardings = jax.tree.leaves(nn.meta.unbox(boxed).params), jax.tree.leaves(shardings.params)
     fractions[name] = (sum(int(np.prod(s.shard_shape(x.shape))) for x, s in zip(params, param_shardings)) /
@@ -399,7 +404,7 @@ def _runs(workdir: str, *specs: str) -> dict:
   for spec in specs:
     name, data, fsdp = spec.split(':')
     config = _smoke_config(name)
-    family = families.build(config, workdir)
+    family = families.build(config, _smoke_spec(name))
     if name not in references:
       references[name] = _train_steps(family, config, _mesh(1, 1))[:2]
     reference, reference_losses = references[name]

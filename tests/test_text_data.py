@@ -21,8 +21,7 @@ def prepared(tmp_path):
   config = get_config('smoke')
   config.data.text_file = str(path)
   workdir = str(tmp_path / 'run')
-  text.setup(config, workdir)
-  return config, workdir
+  return config, workdir, text.load(config, workdir)
 
 
 @pytest.mark.parametrize('kind', ['char', 'byte', 'bpe'])
@@ -50,23 +49,24 @@ def test_char_tokenizer_rejects_unknown_characters():
 
 
 def test_setup_tokenises_text_file_once_into_workdir(prepared):
-  config, workdir = prepared
+  config, workdir, dataset = prepared
   split = int(len(CORPUS) * 0.9)
   tokenizer = tokenizers.load(workdir)
   train = np.load(f'{workdir}/data/train.npy', mmap_mode='r')          # no pickle needed
   val = np.load(f'{workdir}/data/val.npy', mmap_mode='r')
   np.testing.assert_array_equal(train, tokenizer.encode(CORPUS[:split]))
   np.testing.assert_array_equal(val, tokenizer.encode(CORPUS[split:]))
-  assert config.model.vocab_size == tokenizer.vocab_size == len(set(CORPUS[:split]))
-  assert config.data.name == 'text_file'
-  text.setup(config, workdir)                                          # second call reuses the files
+  assert dataset.spec.vocab_size == tokenizer.vocab_size == len(set(CORPUS[:split]))
+  assert tokenizers.from_json(json.loads(dataset.spec.tokenizer)).chars == tokenizer.chars
+  assert 'vocab_size' not in config.model and config.data.name == 'tiny_shakespeare'   # the config is as given
+  text.load(config, workdir)                                          # second call reuses the files
   config.data.tokenizer = 'byte'
   with pytest.raises(UserError, match='new --workdir'):
-    text.setup(config, workdir)
+    text.load(config, workdir)
 
 
 def test_training_windows_are_contiguous_slices_of_the_train_split(prepared):
-  config, workdir = prepared
+  config, workdir, _ = prepared
   train = np.load(f'{workdir}/data/train.npy')
   batch = next(text.train_iterator(config, workdir))['tokens']
   T = config.model.block_size
@@ -77,7 +77,7 @@ def test_training_windows_are_contiguous_slices_of_the_train_split(prepared):
 
 
 def test_train_iterator_restores_from_its_state(prepared):
-  config, workdir = prepared
+  config, workdir, _ = prepared
   it = text.train_iterator(config, workdir)
   for _ in range(3):
     next(it)
@@ -94,7 +94,7 @@ def test_train_iterator_restores_from_its_state(prepared):
 
 
 def test_eval_batches_are_a_fixed_set_of_validation_windows(prepared):
-  config, workdir = prepared
+  config, workdir, _ = prepared
   val = np.load(f'{workdir}/data/val.npy')
   batches = [b['tokens'] for b in text.eval_batches(config, workdir)]
   again = [b['tokens'] for b in text.eval_batches(config, workdir)]
@@ -109,14 +109,14 @@ def test_text_shorter_than_a_window_is_a_user_error(tmp_path):
   config = get_config('smoke')
   config.data.text_file = str(tmp_path / 'short.txt')
   with pytest.raises(UserError, match='block_size'):
-    text.setup(config, str(tmp_path / 'run'))
+    text.load(config, str(tmp_path / 'run'))
 
 
 def test_missing_text_file_is_a_user_error(tmp_path):
   config = get_config('smoke')
   config.data.text_file = str(tmp_path / 'nope.txt')
   with pytest.raises(UserError, match='text_file'):
-    text.setup(config, str(tmp_path / 'run'))
+    text.load(config, str(tmp_path / 'run'))
 
 
 def test_tiny_shakespeare_download_failure_names_manual_dir(tmp_path, monkeypatch):
@@ -127,4 +127,4 @@ def test_tiny_shakespeare_download_failure_names_manual_dir(tmp_path, monkeypatc
   config = get_config('smoke')
   config.data.data_dir = str(tmp_path / 'tfds')
   with pytest.raises(UserError, match='manual_dir'):
-    text.setup(config, str(tmp_path / 'run'))
+    text.load(config, str(tmp_path / 'run'))

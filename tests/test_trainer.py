@@ -11,7 +11,7 @@ from configs import vae_fashion_mnist
 from jaxgen.errors import UserError
 from tests.conftest import ROOT
 from tests.support.mock_tfds import mock_images
-from jaxgen.train import trainer
+from jaxgen import stages
 
 VAE = 'configs/vae_fashion_mnist.py:smoke'
 
@@ -23,7 +23,7 @@ def _train(workdir, steps, **overrides):
   for k, v in overrides.items():
     setattr(config, k, v)
   with mock_images():
-    return trainer.train_and_evaluate(config, str(workdir))
+    return stages.train_and_evaluate(config, str(workdir))
 
 
 def test_resume_is_bit_exact(tmp_path):

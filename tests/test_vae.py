@@ -73,7 +73,7 @@ def test_iwae_bound_is_above_the_elbo_and_tightens_with_k(trained_smoke_vae):
   key = jax.random.key(1)
   nll, kl = vae.elbo_terms(model, params, x, key, 'bernoulli')
   elbo = float(jnp.mean(-(nll + kl)))
-  bounds = [float(jnp.mean(vae.iwae_bound(model, params, x, key, k, 'bernoulli'))) for k in (1, 8, 64)]
+  bounds = [float(jnp.mean(vae.image_iwae_bound(model, params, x, key, k, 'bernoulli'))) for k in (1, 8, 64)]
   assert abs(bounds[0] - elbo) < 0.05 * abs(elbo)          # k = 1 is the ELBO (up to sampling noise)
   assert bounds[0] < bounds[1] < bounds[2]
   assert bounds[2] > elbo

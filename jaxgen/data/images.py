@@ -1,4 +1,7 @@
-"""Image datasets (fashion_mnist, mnist, cifar10): TFDS ArrayRecord files read through Grain.
+"""Image datasets (data.modality=image: fashion_mnist, mnist, cifar10, any TFDS dataset with an image and a
+label feature): TFDS ArrayRecord files read through Grain.
+
+Spec: modality='image', name, image_shape (H, W, C), num_classes.
 
 Training order: a fresh permutation of the split per epoch (shuffle, then repeat), deterministic in
 config.seed, cut into global batches, with the iterator position checkpointable (get_state / set_state).
@@ -19,15 +22,35 @@ import numpy as np
 import requests
 import tensorflow_datasets as tfds
 
-from jaxgen import data
+from jaxgen.data import base
 from jaxgen.errors import UserError
 
 _PROBE_TIMEOUT_S = 3.0
 
 
-def setup(config, workdir: str) -> None:
-  """Prepares the dataset as ArrayRecord in data.data_dir if needed; sets data.image_shape, data.num_classes."""
+def load(config, workdir: str) -> base.Dataset:
+  """Prepares the dataset as ArrayRecord in data.data_dir if needed; its spec and iterators."""
   del workdir
+  builder = prepare(config)
+  return base.Dataset(_spec(config.data.name, builder.info.features), lambda: train_iterator(config),
+                      lambda: eval_batches(config))
+
+
+def synthetic_spec(config):
+  """From the TFDS builder's feature declaration: no download."""
+  return _spec(config.data.name, tfds.builder(config.data.name, data_dir=config.data.data_dir).info.features)
+
+
+def _spec(name, features):
+  if 'image' not in features or 'label' not in features:
+    raise UserError(f'TFDS dataset {name} has no image and label features (it has {sorted(features)}); '
+                    'data.modality=image reads image classification datasets')
+  return base.make_spec(modality='image', name=name, image_shape=tuple(features['image'].shape),
+                        num_classes=features['label'].num_classes)
+
+
+def prepare(config):
+  """The TFDS builder of config.data.name, prepared as ArrayRecord in data.data_dir if it was not."""
   name, data_dir = config.data.name, config.data.data_dir
   builder = tfds.builder(name, data_dir=data_dir)  # the file format comes from the prepared files, if any
   if builder.is_prepared():
@@ -42,10 +65,7 @@ def setup(config, workdir: str) -> None:
     multihost_utils.sync_global_devices(f'jaxgen: {name} prepared')
     if jax.process_index() != 0 and not tfds.builder(name, data_dir=data_dir).is_prepared():
       _prepare(config, builder)
-  features = builder.info.features
-  with config.unlocked():
-    config.data.image_shape = tuple(features['image'].shape)  # (H, W, C)
-    config.data.num_classes = features['label'].num_classes
+  return builder
 
 
 def _prepare(config, builder) -> None:
@@ -132,16 +152,15 @@ def _read_options(config) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=config.data.prefetch, prefetch_buffer_size=config.data.prefetch)
 
 
-def train_iterator(config, workdir: str) -> grain.DatasetIterator:
+def train_iterator(config) -> grain.DatasetIterator:
   """Endless, checkpointable iterator of this process's batches; every epoch is a new permutation.
 
   Shuffling, repeating and batching act on example indices (a random-access MapDataset, so the iterator
   state is just a position); each batch of indices is then read and decoded in one call.
   """
-  del workdir
   source = _source(config, 'train')
   ds = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(None)  # reshuffled every epoch
-  ds = ds.batch(config.batch_size, drop_remainder=True).map(data.ProcessRows(config))
+  ds = ds.batch(config.batch_size, drop_remainder=True).map(base.ProcessRows(config))
   ds = ds.map(ReadBatch(source, config.data.pixel_range))
   ds = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
@@ -152,13 +171,12 @@ def train_iterator(config, workdir: str) -> grain.DatasetIterator:
   return iter(ds)
 
 
-def eval_batches(config, workdir: str) -> grain.IterDataset:
+def eval_batches(config) -> grain.IterDataset:
   """This process's rows of the first test examples' global batches, in order (the remainder left out)."""
-  del workdir
   source = _source(config, 'test')
   num_batches = min(config.data.eval_examples, len(source)) // config.batch_size
   ds = grain.MapDataset.range(num_batches * config.batch_size).batch(config.batch_size)
-  ds = ds.map(data.ProcessRows(config)).map(ReadBatch(source, config.data.pixel_range))
+  ds = ds.map(base.ProcessRows(config)).map(ReadBatch(source, config.data.pixel_range))
   return ds.to_iter_dataset(_read_options(config))
 
 

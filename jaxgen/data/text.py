@@ -1,6 +1,8 @@
-"""Text sources: Tiny Shakespeare (TFDS) or a user's file, tokenised once into memory-mapped token arrays.
+"""Text sources (data.modality=text): Tiny Shakespeare (TFDS) or a user's file (data.name=text_file, or
+data.text_file set), tokenised once into memory-mapped token arrays.
 
-setup() writes into the workdir: tokenizer.json, data/{train,val}.npy (uint16 or int32 token ids) and
+Spec: modality='text', source, vocab_size, tokenizer (its JSON, jaxgen.data.tokenizers.from_json).
+load() writes into the workdir: tokenizer.json, data/{train,val}.npy (uint16 or int32 token ids) and
 data/source.json (what they were made from). Batches are windows of block_size + 1 tokens:
 {'tokens': int32 (B, block_size + 1)}; the model reads tokens[:, :-1] and predicts tokens[:, 1:].
 
@@ -17,7 +19,7 @@ import sys
 import grain
 import numpy as np
 
-from jaxgen import data
+from jaxgen.data import base
 from jaxgen.data import tokenizers
 from jaxgen.errors import UserError
 
@@ -50,15 +52,23 @@ def _read_text_file(path: str) -> tuple[str, str]:
   return text[:n], text[n:]
 
 
-def _source(config) -> str:
-  return os.path.abspath(config.data.text_file) if config.data.name == 'text_file' else config.data.name
+def source_of(config) -> str:
+  """What the tokens are made from: the text file's absolute path, or the TFDS name."""
+  if config.data.text_file:
+    return os.path.abspath(config.data.text_file)
+  if config.data.name == 'text_file':
+    raise UserError('data.name=text_file needs --config.data.text_file=PATH')
+  if config.data.name != 'tiny_shakespeare':
+    raise UserError(f'data.name={config.data.name!r} is not a text source; use tiny_shakespeare or '
+                    '--config.data.text_file=PATH')
+  return config.data.name
 
 
 def _tokens_path(workdir: str, split: str) -> str:
   return os.path.join(workdir, 'data', f'{split}.npy')
 
 
-def _save_atomic(path: str, write, mode: str = 'w') -> None:
+def save_atomic(path: str, write, mode: str = 'w') -> None:
   """Processes sharing the workdir write identical content; os.replace makes the last one win cleanly."""
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, mode) as f:
@@ -66,25 +76,50 @@ def _save_atomic(path: str, write, mode: str = 'w') -> None:
   os.replace(tmp, path)
 
 
-def setup(config, workdir: str) -> None:
-  """Tokenise the corpus once into workdir/data/*.npy, save the tokenizer, set config.model.vocab_size."""
-  if config.data.text_file:
-    config.data.name = 'text_file'
-  elif config.data.name == 'text_file':
-    raise UserError('data.name=text_file needs --config.data.text_file=PATH')
+def read_splits(config, source: str) -> tuple[str, str]:
+  """(train, val) text of the source (source_of(config))."""
+  if source == 'tiny_shakespeare':
+    return _read_tiny_shakespeare(config.data)
+  return _read_text_file(config.data.text_file)
+
+
+def is_prepared(workdir: str, meta_path: str, meta: dict) -> bool:
+  """Whether workdir holds data prepared as `meta` says (recorded in meta_path); other data is refused."""
+  if not os.path.exists(meta_path):
+    return False
+  with open(meta_path) as f:
+    prepared = json.load(f)
+  if prepared != meta:
+    raise UserError(f'{workdir} holds data prepared from {prepared}, not {meta}; use a new --workdir')
+  return True
+
+
+def _spec(source: str, tokenizer: tokenizers.Tokenizer):
+  return base.make_spec(modality='text', source=source, vocab_size=tokenizer.vocab_size,
+                        tokenizer=json.dumps(tokenizer.to_json()))
+
+
+def synthetic_spec(config):
+  """Without the corpus: byte tokens (256), BPE's data.bpe_vocab_size, or for char Tiny Shakespeare's 65
+  characters (stand-in characters of the same count)."""
+  kind = config.data.tokenizer
+  sizes = {'byte': 256, 'bpe': config.data.bpe_vocab_size, 'char': 65}
+  if kind not in sizes:
+    raise UserError(f'unknown data.tokenizer {kind!r}; use char, byte or bpe')
+  tokenizer = (tokenizers.ByteTokenizer() if kind == 'byte' else
+               tokenizers.CharTokenizer(''.join(chr(32 + i) for i in range(sizes[kind]))))
+  return _spec('synthetic', tokenizer)
+
+
+def load(config, workdir: str) -> base.Dataset:
+  """Tokenise the corpus once into workdir/data/*.npy and save the tokenizer there; the spec and iterators."""
+  source = source_of(config)
   meta_path = os.path.join(workdir, 'data', 'source.json')
-  meta = {'source': _source(config), 'tokenizer': config.data.tokenizer}
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      prepared = json.load(f)
-    if prepared != meta:
-      raise UserError(f'{workdir} holds data prepared from {prepared}, not {meta}; use a new --workdir')
+  meta = {'source': source, 'tokenizer': config.data.tokenizer}
+  if is_prepared(workdir, meta_path, meta):
     tokenizer = tokenizers.load(workdir)
   else:
-    if config.data.name == 'tiny_shakespeare':
-      train_text, val_text = _read_tiny_shakespeare(config.data)
-    else:
-      train_text, val_text = _read_text_file(config.data.text_file)
+    train_text, val_text = read_splits(config, source)
     tokenizer = tokenizers.train(config.data.tokenizer, train_text, config.data.bpe_vocab_size)
     if isinstance(tokenizer, tokenizers.CharTokenizer):
       unseen = set(val_text) - set(tokenizer.chars)
@@ -95,17 +130,17 @@ def setup(config, workdir: str) -> None:
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
     for split, text in (('train', train_text), ('val', val_text)):
       ids = tokenizer.encode(text).astype(dtype)
-      _save_atomic(_tokens_path(workdir, split), lambda f: np.save(f, ids), 'wb')
-    _save_atomic(os.path.join(workdir, tokenizers.FILENAME), lambda f: json.dump(tokenizer.to_json(), f))
-    _save_atomic(meta_path, lambda f: json.dump(meta, f))
+      save_atomic(_tokens_path(workdir, split), lambda f: np.save(f, ids), 'wb')
+    save_atomic(os.path.join(workdir, tokenizers.FILENAME), lambda f: json.dump(tokenizer.to_json(), f))
+    save_atomic(meta_path, lambda f: json.dump(meta, f))
   block = config.model.block_size + 1
   for split in ('train', 'val'):
     n = len(_load_tokens(_tokens_path(workdir, split)))
     if n < block:
       raise UserError(f'the {split} split has {n} tokens, fewer than block_size + 1 = {block}; '
                       'give more text or lower --config.model.block_size')
-  with config.unlocked():
-    config.model.vocab_size = tokenizer.vocab_size
+  return base.Dataset(_spec(source, tokenizer), lambda: train_iterator(config, workdir),
+                      lambda: eval_batches(config, workdir))
 
 
 @functools.cache
@@ -129,7 +164,7 @@ def train_iterator(config, workdir: str):
              .random_map(functools.partial(_random_window, path=path, length=config.model.block_size + 1),
                          seed=config.seed)
              .batch(config.batch_size, drop_remainder=True)
-             .map(data.ProcessRows(config)))
+             .map(base.ProcessRows(config)))
   ds = windows.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=config.data.prefetch))
   if config.data.num_workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
@@ -145,4 +180,4 @@ def eval_batches(config, workdir: str):
   return (grain.MapDataset.source(offsets)
           .map(functools.partial(_window, path, length))
           .batch(config.batch_size, drop_remainder=True)
-          .map(data.ProcessRows(config)))
+          .map(base.ProcessRows(config)))

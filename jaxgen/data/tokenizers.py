@@ -1,8 +1,10 @@
-"""Tokenizers trained offline and stored as JSON (workdir/tokenizer.json, no pickle): char, byte (256), BPE.
+"""Tokenizers trained offline and stored as JSON (workdir/tokenizer.json, no pickle): char, byte (256), BPE,
+word.
 
 config.data.tokenizer picks one: 'char' (the sorted characters of the training split), 'byte' (UTF-8
-bytes) or 'bpe' (byte-level BPE with config.data.bpe_vocab_size merges' worth of vocabulary, trained
-with HF `tokenizers` on the training split).
+bytes), 'bpe' (byte-level BPE with config.data.bpe_vocab_size merges' worth of vocabulary, trained
+with HF `tokenizers` on the training split) or 'word' (HF WordLevel: the most frequent words and
+punctuation runs of the training split, the rest '[UNK]'; data.modality=sentences).
 """
 import json
 import os
@@ -54,46 +56,74 @@ class ByteTokenizer:
     return {'type': 'byte'}
 
 
-class BPETokenizer:
-  """Byte-level BPE (GPT-2 style pre-tokenisation) from HF `tokenizers`."""
+class HFTokenizer:
+  """An HF `tokenizers` Tokenizer of kind 'bpe' (byte-level BPE, GPT-2 style pre-tokenisation) or 'word'
+  (one id per word or punctuation run, unknown words -> '[UNK]', decoded joined by spaces). Special tokens
+  (given at training) have the first ids; decode skips them, and encode reads them in text as plain text."""
 
-  def __init__(self, tokenizer: hf.Tokenizer):
-    self.tokenizer = tokenizer
+  def __init__(self, tokenizer: hf.Tokenizer, kind: str = 'bpe'):
+    self.tokenizer, self.kind = tokenizer, kind
+    self.tokenizer.encode_special_tokens = True   # '[EOS]' in a text is not the EOS id (not kept in JSON)
     self.vocab_size = tokenizer.get_vocab_size()
 
   @classmethod
-  def train(cls, text: str, vocab_size: int) -> 'BPETokenizer':
-    tokenizer = hf.Tokenizer(hf.models.BPE())
-    tokenizer.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = hf.decoders.ByteLevel()
-    trainer = hf.trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                     initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
+  def train(cls, kind: str, text: str, vocab_size: int, special_tokens=()) -> 'HFTokenizer':
+    if kind == 'bpe':
+      tokenizer = hf.Tokenizer(hf.models.BPE())
+      tokenizer.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+      tokenizer.decoder = hf.decoders.ByteLevel()
+      trainer = hf.trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                       special_tokens=list(special_tokens),
+                                       initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
+    else:
+      unk = '[UNK]'
+      tokenizer = hf.Tokenizer(hf.models.WordLevel(unk_token=unk))
+      tokenizer.pre_tokenizer = hf.pre_tokenizers.Whitespace()   # no decoder: decode joins tokens with ' '
+      specials = list(special_tokens) + ([unk] if unk not in special_tokens else [])
+      trainer = hf.trainers.WordLevelTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=specials)
     lines = text.splitlines(keepends=True)
     tokenizer.train_from_iterator((''.join(lines[i:i + 1000]) for i in range(0, len(lines), 1000)), trainer)
-    return cls(tokenizer)
+    return cls(tokenizer, kind)
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.tokenizer.encode(text).ids, np.int32)
 
+  def encode_batch(self, texts) -> list[np.ndarray]:
+    """encode() of each text (in parallel)."""
+    return [np.asarray(e.ids, np.int32) for e in self.tokenizer.encode_batch(list(texts))]
+
   def decode(self, ids) -> str:
     return self.tokenizer.decode(np.asarray(ids).tolist())
 
+  def token_id(self, token: str) -> int:
+    i = self.tokenizer.token_to_id(token)
+    if i is None:
+      raise UserError(f'token {token!r} is not in the {self.kind} vocabulary; train the tokenizer with it')
+    return i
+
   def to_json(self) -> dict:
-    return {'type': 'bpe', 'tokenizer': json.loads(self.tokenizer.to_str())}
+    return {'type': self.kind, 'tokenizer': json.loads(self.tokenizer.to_str())}
 
 
-Tokenizer = CharTokenizer | ByteTokenizer | BPETokenizer
+BPETokenizer = HFTokenizer   # its former name
+Tokenizer = CharTokenizer | ByteTokenizer | HFTokenizer
 
 
-def train(kind: str, text: str, bpe_vocab_size: int) -> Tokenizer:
-  """A tokenizer of `kind` fitted to the training text."""
+def train(kind: str, text: str, vocab_size: int = 0, special_tokens=(), *,
+          bpe_vocab_size: int | None = None) -> Tokenizer:
+  """A tokenizer of `kind` fitted to the training text: bpe and word with at most vocab_size ids (char and
+  byte ignore it), special_tokens (bpe and word only) taking ids 0..n-1 in order. bpe_vocab_size: the
+  former name of vocab_size."""
+  vocab_size = vocab_size if bpe_vocab_size is None else bpe_vocab_size
+  if special_tokens and kind in ('char', 'byte'):
+    raise UserError(f'data.tokenizer={kind} has no special tokens; use word or bpe')
   if kind == 'char':
     return CharTokenizer(''.join(sorted(set(text))))
   if kind == 'byte':
     return ByteTokenizer()
-  if kind == 'bpe':
-    return BPETokenizer.train(text, bpe_vocab_size)
-  raise UserError(f'unknown data.tokenizer {kind!r}; use char, byte or bpe')
+  if kind in ('bpe', 'word'):
+    return HFTokenizer.train(kind, text, vocab_size, special_tokens)
+  raise UserError(f'unknown data.tokenizer {kind!r}; use char, byte, bpe or word')
 
 
 def from_json(spec: dict) -> Tokenizer:
@@ -101,7 +131,9 @@ def from_json(spec: dict) -> Tokenizer:
     return CharTokenizer(spec['chars'])
   if spec['type'] == 'byte':
     return ByteTokenizer()
-  return BPETokenizer(hf.Tokenizer.from_str(json.dumps(spec['tokenizer'])))
+  if spec['type'] in ('bpe', 'word'):
+    return HFTokenizer(hf.Tokenizer.from_str(json.dumps(spec['tokenizer'])), spec['type'])
+  raise UserError(f'unknown tokenizer type {spec["type"]!r} in the tokenizer JSON; prepare the data again')
 
 
 def load(workdir: str) -> Tokenizer:

@@ -17,10 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxgen import families, images
+
+from jaxgen import evaluators, images, samples, timing
 from jaxgen.errors import UserError
+from jaxgen.families.base import Family, Feature
 from jaxgen.models.unet import UNet
 from jaxgen.train import optim
+from jaxgen.train.state import TrainState
 
 EpsFn = Callable[[jax.Array, jax.Array, Any], jax.Array]   # (x_t, t, label) -> eps, same shape as x_t
 
@@ -209,11 +212,10 @@ def sample(eps_fn: EpsFn, sched: Schedule, rng, shape, steps: int, kind: str = '
 
 # ---------------------------------------------------------------------------------------- the family
 
-def build(config, workdir: str) -> families.Family:
-  """DDPM on images: a UNet eps/v-model on data.image_shape, samples mapped to uint8 pixels."""
-  del workdir
+def build(config, spec) -> Family:
+  """DDPM on images: a UNet eps/v-model on the spec's image shape, samples mapped to uint8 pixels."""
   mc = config.model
-  image_shape = tuple(config.data.image_shape)
+  image_shape = tuple(spec.image_shape)
   levels = len(mc.ch_mult) - 1
   if image_shape[0] % 2**levels or image_shape[1] % 2**levels:
     raise UserError(f'image size {image_shape[:2]} is not divisible by 2^{levels} for model.ch_mult='
@@ -226,17 +228,21 @@ def build(config, workdir: str) -> families.Family:
   def flip(rng, x0):   # horizontal flips of half the images
     return jnp.where(jax.random.bernoulli(rng, 0.5, (x0.shape[0], 1, 1, 1)), x0[:, :, ::-1], x0)
 
+  batch_spec = {'image': Feature(image_shape, np.float32, *pixel_range),
+                'label': Feature((), np.int32, 0, spec.num_classes)}
   return diffusion_family(
-      config, model, image_shape, batch_key='image',
+      config, model, image_shape, batch_key='image', batch_spec=batch_spec, sample_kind=samples.Images(),
+      evaluators={'image_quality': evaluators.image_quality},
       decode=lambda decode_params, x0: images.to_uint8(x0, pixel_range),
       clip=pixel_range if config.sampling.clip_x0 else None, augment=flip if mc.random_flip else None)
 
 
-def diffusion_family(config, model, sample_shape, *, batch_key: str, decode: Callable, decode_params=None,
-                     clip=None, augment: Callable | None = None) -> families.Family:
+def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec: dict, sample_kind, evaluators: dict,
+                     decode: Callable, decode_params=None, clip=None, augment: Callable | None = None) -> Family:
   """The DDPM Family for any denoiser `model` (apply(params, x_t, t, label, train=) on x of shape (B,
-  *sample_shape)) trained on batch[batch_key]: L_simple, label dropout, EMA, jitted samplers whose output
-  goes through decode(decode_params, x0) -> uint8 images inside the same jit (pixels, or a VAE decoder)."""
+  *sample_shape)) trained on batch[batch_key] of batches `batch_spec`: L_simple, label dropout, EMA, jitted
+  samplers whose output goes through decode(decode_params, x0) inside the same jit (to uint8 pixels, or through
+  a VAE decoder), written as `sample_kind`."""
   mc = config.model
   if mc.prediction not in ('eps', 'v'):
     raise UserError(f'unknown model.prediction {mc.prediction!r}; use eps or v')
@@ -248,8 +254,7 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, decode: Cal
     raise UserError(f'model.beta_schedule={mc.beta_schedule} ends at abar_T = {1 / eps_gain**2:.1e}: without x0 '
                     f'clipping (latent diffusion) the first sampling step multiplies eps errors by {eps_gain:.0f}; '
                     'use --config.model.prediction=v (or the linear schedule)')
-  tx = optim.make_optimizer(config.learning_rate, config.optim, config.num_train_steps)
-  ema_decay = config.optim.ema_decay
+  updater = optim.make_updater(config.learning_rate, config.optim, config.num_train_steps)
   conditional = mc.num_classes > 0
 
   def model_fn(params, train=False, dropout_rng=None):
@@ -265,9 +270,7 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, decode: Cal
   def init(rng):
     x = jnp.zeros((1, *sample_shape), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
-    params = model.init(rng, x, t, t if conditional else None)['params']
-    return families.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                               ema_params=params if ema_decay else None)
+    return TrainState.create(model.init(rng, x, t, t if conditional else None)['params'], updater)
 
   def train_step(state, batch, rng):
     loss_rng, dropout_rng, label_rng, augment_rng = jax.random.split(rng, 4)
@@ -282,15 +285,9 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, decode: Cal
       return l_simple(model_fn(params, True, dropout_rng), sched, loss_rng, x0, label, mc.prediction)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = state.ema_params
-    if ema_decay:   # decay warmed up as min(decay, (1 + n) / (10 + n)) so short runs get a useful EMA
-      n = state.step.astype(jnp.float32)
-      ema_params = optim.ema_update(ema_params, params, jnp.minimum(ema_decay, (1 + n) / (10 + n)))
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
                'lr': optim.current_lr(config.learning_rate, config.optim, config.num_train_steps, state.step)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params), metrics
+    return state.apply_gradients(grads, updater), metrics
 
   def eval_step(state, batch, rng):
     label = batch['label'] if conditional else None
@@ -346,7 +343,18 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, decode: Cal
 
   def preview(state, batch, rng):
     del batch
-    ncols = mc.num_classes if conditional else None   # one class per column
-    return images.make_grid(make_sampler(state)(rng, config.num_preview), ncols=ncols)
+    samples_ = make_sampler(state)(rng, config.num_preview)
+    if isinstance(sample_kind, samples.Images):
+      return images.make_grid(samples_, ncols=mc.num_classes if conditional else None)   # one class a column
+    return samples_
 
-  return families.Family(init, train_step, eval_step, make_sampler, preview)
+  def bench_sampler(state, num: int | None, repeats: int, ddim_steps: int = 50, ancestral_num: int = 8, **options):
+    """DDIM over ddim_steps (num samples, default 64) and ancestral over all training steps."""
+    del options
+    sampler, rng, num = make_sampler(state), jax.random.key(0), num or 64
+    for kind, n, steps in (('ddim', num, ddim_steps), ('ancestral', ancestral_num, mc.timesteps)):
+      first, ms = timing.time_calls(lambda: sampler(rng, num=n, sampler=kind, steps=steps), repeats)
+      yield timing.sampler_record(kind, n, first, ms, steps, samples_per_s=n / (ms['median'] / 1e3))
+
+  return Family(init, train_step, eval_step, make_sampler, preview, batch_spec, sample_kind, evaluators,
+                bench_sampler=bench_sampler)

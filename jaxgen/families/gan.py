@@ -14,7 +14,7 @@ training mode there (batch statistics), but its statistics updates are dropped, 
 every D variable unchanged and vice versa.
 
 Config: model.{latent_dim, g_features, d_features, d_norm, conditional} (shapes), gan.{loss, n_critic,
-r1_gamma} (training math), data.{image_shape, num_classes, pixel_range}.
+r1_gamma} (training math), data.pixel_range; the spec gives image_shape and num_classes.
 """
 import functools
 import math
@@ -24,11 +24,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxgen import images
+from jaxgen import evaluators, images, samples
 from jaxgen.errors import UserError
-from jaxgen.families import Family
+from jaxgen.families.base import Family, Feature
 from jaxgen.models.dcgan import Discriminator, Generator
 from jaxgen.train import optim
 
@@ -94,20 +93,21 @@ class GANState:
   ema_params: Any                   # EMA of generator params (None when optim.ema_decay == 0)
 
 
-def _models(config) -> tuple[Generator, Discriminator, int]:
+def _models(config, spec) -> tuple[Generator, Discriminator, int]:
   """(generator, discriminator, num_classes) from the config; num_classes is 0 for unconditional."""
-  num_classes = config.data.num_classes if config.model.conditional else 0
+  num_classes = spec.num_classes if config.model.conditional else 0
   dtype = jnp.dtype(config.model.dtype)
-  generator = Generator(tuple(config.data.image_shape), config.model.g_features, num_classes, dtype)
+  generator = Generator(tuple(spec.image_shape), config.model.g_features, num_classes, dtype)
   discriminator = Discriminator(config.model.d_features, config.model.d_norm, num_classes, dtype)
   return generator, discriminator, num_classes
 
 
-def _optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
-  """Separate optimizers from the shared config.optim; D's schedule counts its n_critic updates a step."""
-  g_tx = optim.make_optimizer(config.learning_rate, config.optim, config.num_train_steps)
-  d_tx = optim.make_optimizer(config.learning_rate, config.optim, config.num_train_steps * config.gan.n_critic)
-  return g_tx, d_tx
+def _updaters(config) -> tuple[optim.Updater, optim.Updater]:
+  """Separate updaters from the shared config.optim: G's with the EMA, D's without; D's schedule counts its
+  n_critic updates a step."""
+  g = optim.make_updater(config.learning_rate, config.optim, config.num_train_steps)
+  d = optim.make_updater(config.learning_rate, config.optim, config.num_train_steps * config.gan.n_critic, ema=False)
+  return g, d
 
 
 def _check_config(config) -> None:
@@ -132,10 +132,10 @@ class Steps(NamedTuple):
   eval_step: Callable               # (state, batch, rng) -> metrics
 
 
-def make_steps(config) -> Steps:
+def make_steps(config, spec) -> Steps:
   _check_config(config)
-  generator, discriminator, num_classes = _models(config)
-  g_tx, d_tx = _optimizers(config)
+  generator, discriminator, num_classes = _models(config, spec)
+  g_up, d_up = _updaters(config)
   d_loss_fn, g_loss_fn = LOSSES[config.gan.loss]
   latent_dim, r1_gamma = config.model.latent_dim, config.gan.r1_gamma
   lo, hi = config.data.pixel_range
@@ -157,14 +157,12 @@ def make_steps(config) -> Steps:
     g_rng, d_rng = jax.random.split(rng)
     labels = jnp.zeros((1,), jnp.int32) if num_classes else None
     g_vars = generator.init(g_rng, jnp.zeros((1, latent_dim)), labels, train=False)
-    d_vars = discriminator.init(d_rng, jnp.zeros((1, *config.data.image_shape)), labels, train=False)
+    d_vars = discriminator.init(d_rng, jnp.zeros((1, *spec.image_shape)), labels, train=False)
     params = {G: g_vars['params'], D: d_vars['params']}
-    return GANState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats={G: g_vars['batch_stats'], D: d_vars.get('batch_stats', {})},
-        opt_state={G: g_tx.init(params[G]), D: d_tx.init(params[D])},
-        ema_params=jax.tree.map(jnp.copy, params[G]) if config.optim.ema_decay > 0 else None)
+    (g_opt, ema), (d_opt, _) = g_up.init(params[G]), d_up.init(params[D])
+    return GANState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats={G: g_vars['batch_stats'], D: d_vars.get('batch_stats', {})},
+                    opt_state={G: g_opt, D: d_opt}, ema_params=ema)
 
   def d_losses(d_params, state, real, labels, rng):
     """L_D (+ R1) for one critic update; returns (loss, (metrics, new D batch_stats))."""
@@ -186,8 +184,8 @@ def make_steps(config) -> Steps:
 
     def critic_update(state, key):
       grads, (metrics, stats) = jax.grad(d_losses, has_aux=True)(state.params[D], state, real, labels, key)
-      updates, opt_state = d_tx.update(grads, state.opt_state[D], state.params[D])
-      return state.replace(params={**state.params, D: optax.apply_updates(state.params[D], updates)},
+      d_params, opt_state, _ = d_up.apply(grads, state.params[D], state.opt_state[D], None, state.step)
+      return state.replace(params={**state.params, D: d_params},
                            batch_stats={**state.batch_stats, D: stats},
                            opt_state={**state.opt_state, D: opt_state}), metrics
 
@@ -208,11 +206,7 @@ def make_steps(config) -> Steps:
     labels = batch['label'] if num_classes else None
     (g_loss, g_stats), grads = jax.value_and_grad(g_losses, has_aux=True)(
         state.params[G], state, batch['image'].shape[0], labels, rng)
-    updates, opt_state = g_tx.update(grads, state.opt_state[G], state.params[G])
-    g_params = optax.apply_updates(state.params[G], updates)
-    ema = state.ema_params
-    if ema is not None:
-      ema = optim.ema_update(ema, g_params, config.optim.ema_decay)
+    g_params, opt_state, ema = g_up.apply(grads, state.params[G], state.opt_state[G], state.ema_params, state.step)
     return state.replace(params={**state.params, G: g_params}, batch_stats={**state.batch_stats, G: g_stats},
                          opt_state={**state.opt_state, G: opt_state}, ema_params=ema), {'g_loss': g_loss}
 
@@ -239,11 +233,10 @@ def make_steps(config) -> Steps:
 
 # ------------------------------------------------------------------------------------------------ build
 
-def build(config, workdir: str | None = None) -> Family:
-  """The GAN Family; `workdir` is unused (nothing to prepare beyond the data)."""
-  del workdir
-  steps = make_steps(config)
-  generator, _, num_classes = _models(config)
+def build(config, spec) -> Family:
+  """The GAN Family on the images of `spec`."""
+  steps = make_steps(config, spec)
+  generator, _, num_classes = _models(config, spec)
   latent_dim = config.model.latent_dim
 
   @jax.jit
@@ -300,5 +293,9 @@ def build(config, workdir: str | None = None) -> Family:
     return images.make_grid(jax.device_get(decode(sampling_variables(state), preview_z, preview_labels)),
                             preview_cols)
 
+  lo, hi = config.data.pixel_range
+  batch_spec = {'image': Feature(tuple(spec.image_shape), np.float32, lo, hi),
+                'label': Feature((), np.int32, 0, spec.num_classes)}
   return Family(init=steps.init, train_step=steps.train_step, eval_step=steps.eval_step,
-                make_sampler=make_sampler, preview=preview)
+                make_sampler=make_sampler, preview=preview, batch_spec=batch_spec, sample_kind=samples.Images(),
+                evaluators={'image_quality': evaluators.image_quality})

@@ -7,6 +7,9 @@ than optax.MultiSteps keeps steps, schedules, logging, checkpoints and the data 
 optimizer updates, and keeps the accumulator out of the optimizer state and the checkpoint.
 """
 import functools
+import json
+import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,16 +17,18 @@ import numpy as np
 import optax
 from jax import lax
 
+from jaxgen import evaluators, metrics, samples, timing
 from jaxgen.data import tokenizers
 from jaxgen.errors import UserError
-from jaxgen.families import Family, TrainState
+from jaxgen.families.base import Family, Feature
 from jaxgen.models.gpt import GPT, init_kv_cache
 from jaxgen.train import optim
+from jaxgen.train.state import TrainState
 
 
-def make_model(model_config) -> GPT:
+def make_model(model_config, vocab_size: int) -> GPT:
   m = model_config
-  return GPT(vocab_size=m.vocab_size, block_size=m.block_size, num_layers=m.num_layers, num_heads=m.num_heads,
+  return GPT(vocab_size=vocab_size, block_size=m.block_size, num_layers=m.num_layers, num_heads=m.num_heads,
              embed_dim=m.embed_dim, dropout_rate=m.dropout, use_bias=m.use_bias,
              position_embedding=m.position_embedding, dtype=jnp.dtype(m.dtype))
 
@@ -124,16 +129,32 @@ def make_generate(model: GPT, use_kv_cache: bool = True):
   return jax.jit(generate, static_argnames=('max_new_tokens', 'top_k', 'num_return_sequences'))
 
 
-def build(config, workdir: str) -> Family:
-  model = make_model(config.model)
-  optimizer = optim.make_optimizer(config.learning_rate, config.optim, config.num_train_steps,
-                                   weight_decay_mask=weight_decay_mask)
-  ema_decay = config.optim.ema_decay
+def non_embedding_params(params) -> int:
+  """Parameters outside the token and position embeddings (Kaplan et al. 2020's N)."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  return sum(x.size for path, x in leaves if getattr(path[0], 'key', None) not in ('wte', 'wpe'))
+
+
+def language_model_metrics(ctx: evaluators.Context) -> dict:
+  """val loss (nats/token) over the config's validation windows, perplexity exp(loss) and bits per character
+  loss / (ln 2 * characters per token) of the validation text."""
+  loss = ctx.test_metrics(ctx.config)['eval/loss']
+  val_ids = np.load(os.path.join(ctx.workdir, 'data', 'val.npy'), mmap_mode='r')
+  tokenizer = tokenizers.from_json(json.loads(ctx.spec.tokenizer))
+  chars_per_token = len(tokenizer.decode(np.asarray(val_ids))) / len(val_ids)
+  return dict(val_loss=loss, perplexity=math.exp(loss), bits_per_char=metrics.bits_per_char(loss, chars_per_token),
+              chars_per_token=chars_per_token, val_windows=ctx.config.data.eval_examples)
+
+
+def build(config, spec) -> Family:
+  model = make_model(config.model, spec.vocab_size)
+  updater = optim.make_updater(config.learning_rate, config.optim, config.num_train_steps,
+                               weight_decay_mask=weight_decay_mask)
   accum = config.grad_accum_steps
   if accum < 1 or config.batch_size % accum:
     raise UserError(f'grad_accum_steps={accum} must be >= 1 and divide batch_size={config.batch_size}')
   generate = make_generate(model)
-  tokenizer = functools.cache(lambda: tokenizers.load(workdir))
+  tokenizer = functools.cache(lambda: tokenizers.from_json(json.loads(spec.tokenizer)))
 
   def loss_fn(params, tokens, rng=None):
     """Mean next-token cross-entropy of tokens (B, T + 1); dropout on when an rng is given."""
@@ -142,9 +163,7 @@ def build(config, workdir: str) -> Family:
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
   def init(rng) -> TrainState:
-    params = model.init(rng, jnp.zeros((1, config.model.block_size), jnp.int32))['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                 ema_params=params if ema_decay > 0 else None)
+    return TrainState.create(model.init(rng, jnp.zeros((1, config.model.block_size), jnp.int32))['params'], updater)
 
   def train_step(state: TrainState, batch, rng):
     B, L = batch['tokens'].shape
@@ -159,11 +178,7 @@ def build(config, workdir: str) -> Family:
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     grad_sum, losses = lax.scan(accumulate, zeros, (jnp.arange(accum), micro_batches))
     grads = jax.tree.map(lambda g: g / accum, grad_sum)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = None if state.ema_params is None else optim.ema_update(state.ema_params, params, ema_decay)
-    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
-    return state, {'loss': losses.mean(), 'grad_norm': optax.tree.norm(grads)}
+    return state.apply_gradients(grads, updater), {'loss': losses.mean(), 'grad_norm': optax.tree.norm(grads)}
 
   def eval_step(state: TrainState, batch, rng):
     del rng
@@ -172,7 +187,7 @@ def build(config, workdir: str) -> Family:
   def make_sampler(state: TrainState):
     params = state.sampling_params()
 
-    def sampler(rng, num: int = 1, prompt: str = '', max_new_tokens: int = config.sample.max_new_tokens,
+    def sampler(rng, num: int = 1, prompt: str = '', max_new_tokens: int = config.sampling.max_new_tokens,
                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, **options):
       """num texts: the prompt and max_new_tokens sampled tokens; an empty prompt starts after a newline."""
       if options:
@@ -187,7 +202,7 @@ def build(config, workdir: str) -> Family:
       if top_p is not None and not 0 < top_p <= 1:
         raise UserError(f'top_p={top_p} must be in (0, 1]')
       context = tokenizer().encode(prompt or '\n')
-      top_k = None if top_k is None or top_k >= config.model.vocab_size else int(top_k)   # as nanoGPT: clip
+      top_k = None if top_k is None or top_k >= spec.vocab_size else int(top_k)   # as nanoGPT: clip
       top_p = None if top_p == 1 else top_p
       tokens = generate(params, context[None], int(max_new_tokens), temperature, top_k, top_p, rng,
                         num_return_sequences=int(num))
@@ -196,11 +211,43 @@ def build(config, workdir: str) -> Family:
 
     return sampler
 
+  sampling_options = dict(max_new_tokens=config.sampling.max_new_tokens, temperature=config.sampling.temperature,
+                          top_k=config.sampling.top_k, top_p=config.sampling.top_p)
+
   def preview(state: TrainState, batch, rng) -> list[str]:
     del batch
-    s = config.sample
-    return make_sampler(state)(rng, num=config.num_preview, prompt=s.prompt, max_new_tokens=s.max_new_tokens,
-                               temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+    return make_sampler(state)(rng, num=config.num_preview, prompt=config.sampling.prompt, **sampling_options)
 
-  return Family(init=init, train_step=train_step, eval_step=eval_step, make_sampler=make_sampler,
-                preview=preview)
+  def bench_sampler(state: TrainState, num: int | None, repeats: int, prompt_tokens: int | None = None,
+                    new_tokens: int | None = None, **options):
+    """Prefill: the first forward of generate (prompt into a fresh KV cache, or the padded block_size window
+    without one); decode: (generate with new_tokens - prefill) / new_tokens; with and without the KV cache."""
+    del options
+    num, W = num or 8, config.model.block_size
+    P = prompt_tokens or W // 2
+    M = W - P if new_tokens is None else new_tokens
+    if not 1 <= P <= W or M < 1:
+      raise UserError(f'need 1 <= prompt_tokens <= block_size={W} and new_tokens >= 1 (got {P}, {M})')
+    prompt = jax.random.randint(jax.random.key(1), (num, P), 0, spec.vocab_size)
+    prefills = {
+        'kv_cache': jax.jit(lambda p, x: model.apply({'params': p}, x, kv_cache=init_kv_cache(model, num))),
+        'no_kv_cache': jax.jit(lambda p, x: model.apply({'params': p}, jnp.pad(x, ((0, 0), (0, W - P))))),
+    }
+    for name, prefill_fn in prefills.items():
+      gen = make_generate(model, use_kv_cache=name == 'kv_cache')
+      first_prefill, prefill = timing.time_calls(lambda: prefill_fn(state.params, prompt), repeats)
+      first_total, total = timing.time_calls(
+          lambda: gen(state.params, prompt, M, 1.0, None, None, jax.random.key(0)), repeats)
+      decode_s = max(total['median'] - prefill['median'], 1e-3) / 1e3
+      yield timing.sampler_record(name, num, first_prefill + first_total, total, prompt_tokens=P, new_tokens=M,
+                                  prefill_tokens_per_s=num * P / (prefill['median'] / 1e3),
+                                  decode_tokens_per_s=num * M / decode_s)
+
+  block = config.model.block_size
+  return Family(init=init, train_step=train_step, eval_step=eval_step, make_sampler=make_sampler, preview=preview,
+                batch_spec={'tokens': Feature((block + 1,), np.int32, 0, spec.vocab_size)},
+                sample_kind=samples.Texts(),
+                evaluators={'language_model': language_model_metrics,
+                            'diversity': functools.partial(evaluators.text_diversity, **sampling_options)},
+                tokens_per_example=block, model_flops_per_example=lambda params: 6 * non_embedding_params(params) * block,
+                bench_sampler=bench_sampler)

@@ -1,9 +1,12 @@
-"""Orbax checkpoints of (train state, Grain iterator position) and the run's config.json.
+"""Orbax checkpoints of (train state, Grain iterator position), the run's config.json and spec.json.
 
 DIR/checkpoints/<step>/{state,data}: the state as a sharded pytree (restorable onto any mesh), the data
 iterator through grain.checkpoint. Saves are async and atomic (Orbax writes to a tmp dir and renames).
+DIR/config.json is the config as given; DIR/spec.json the data spec its data source (or stage) derived.
 """
+import functools
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -12,9 +15,12 @@ import grain
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxgen.data import base
 from jaxgen.errors import UserError
+from jaxgen.train import sharding, state as train_state
 
 # Config sub-trees that fix the shapes of a checkpoint: a run may change anything else when resumed.
 STRUCTURAL_KEYS = ('family', 'model')
@@ -62,6 +68,85 @@ def save_config(workdir: str, config) -> None:
     with open(tmp, 'w') as f:
       json.dump(new, f, indent=2)
     os.replace(tmp, config_path(workdir))
+
+
+def spec_path(workdir: str) -> str:
+  return os.path.join(workdir, 'spec.json')
+
+
+def _write_atomic(path: str, text: str) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def load_spec(workdir: str) -> ml_collections.FrozenConfigDict:
+  path = spec_path(workdir)
+  if not os.path.exists(path):
+    raise UserError(f'{workdir} has no spec.json: it was written by a jaxgen before data specs; retrain it in a '
+                    'new --workdir (python train.py --config ... --workdir NEW)')
+  with open(path) as f:
+    return base.spec_from_json(f.read())
+
+
+def save_spec(workdir: str, spec) -> None:
+  """Write spec.json; refuse if the workdir holds a run on other data (another vocabulary, image shape, ...)."""
+  if os.path.exists(spec_path(workdir)):
+    old, new = json.loads(base.spec_to_json(load_spec(workdir))), json.loads(base.spec_to_json(spec))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+      raise UserError(f'{workdir} holds a run on other data ({", ".join(changed[:5])} differ); '
+                      'use a new --workdir or the original data')
+  if jax.process_index() == 0:
+    _write_atomic(spec_path(workdir), base.spec_to_json(spec))
+
+
+def fingerprint(tree) -> str:
+  """sha256 of a pytree's leaf paths and bytes (16 hex digits): which trained state a later stage depends on."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    digest.update(jax.tree_util.keystr(path).encode() + np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def restore_run(workdir: str, build, step: int | None = None):
+  """(config, spec, family, state) of a trained workdir at its latest (or the given) checkpoint, on the local
+  devices; `build(config, spec) -> Family` (jaxgen.families.build, or one family's build)."""
+  config = load_config(workdir)
+  spec = load_spec(workdir)
+  family = build(config, spec)
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
+  mngr = manager(workdir, read_only=True)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise UserError(f'{workdir} has no checkpoint yet: train first (python train.py --workdir {workdir} ...)')
+  if step not in mngr.all_steps():
+    raise UserError(f'{workdir} has no checkpoint {step}; it has {sorted(mngr.all_steps())}')
+  return config, spec, family, restore(mngr, step, train_state.abstract_state(family, mesh, config.seed))
+
+
+@functools.lru_cache(maxsize=None)
+def _restore_once(workdir: str, step: int, build):
+  """(restore_run, fingerprint) of a checkpoint, once per process however often stages and families ask."""
+  run = restore_run(workdir, build, step)
+  return run, fingerprint(run[3])
+
+
+def restore_stage(workdir: str, step: int, expected_fingerprint: str | None, build):
+  """restore_run of a stage a later run depends on, checked: the workdir and checkpoint exist and the
+  state's fingerprint is the one recorded (when one is). Returns ((config, spec, family, state), fingerprint)."""
+  if not os.path.exists(config_path(workdir)):
+    raise UserError(f'the stage {workdir} this run depends on is missing: restore it, or train a new run '
+                    '(--config.autoencoder_workdir=DIR names a trained one)')
+  if step not in manager(workdir, read_only=True).all_steps():
+    raise UserError(f'the stage {workdir} no longer has checkpoint {step}, which this run was trained with: '
+                    'restore it (and raise that run\'s keep_checkpoints), or train a new run')
+  run, digest = _restore_once(workdir, step, build)
+  if expected_fingerprint is not None and digest != expected_fingerprint:
+    raise UserError(f'the stage {workdir} at step {step} is not the one this run was trained with (fingerprint '
+                    f'{digest}, recorded {expected_fingerprint}): restore it, or train a new run on it')
+  return run, digest
 
 
 def manager(workdir: str, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:

@@ -1,7 +1,12 @@
-"""Optax optimizers, schedules and parameter EMA built from `config.optim` (shared by all families)."""
+"""Optax optimizers, schedules and parameter EMA built from `config.optim`: the one update rule of every family."""
+from typing import Any, NamedTuple
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+from jaxgen.errors import UserError
 
 
 def learning_rate_schedule(lr: float, optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -32,9 +37,46 @@ def make_optimizer(lr: float, optim: ml_collections.ConfigDict, num_steps: int,
   return opt
 
 
-def ema_update(ema_params, params, decay: float):
+def ema_update(ema_params, params, decay):
   """ema <- decay * ema + (1 - decay) * params."""
   return optax.incremental_update(params, ema_params, step_size=1.0 - decay)
+
+
+def ema_decay_at(decay: float, warmup: bool, step):
+  """The EMA decay after `step` updates: `decay`, or with warm-up min(decay, (1 + n) / (10 + n)) (as Ho et
+  al.'s and TF's ExponentialMovingAverage num_updates), so that a short run's EMA is not stuck at init."""
+  if not warmup:
+    return decay
+  n = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1 + n) / (10 + n))
+
+
+class Updater(NamedTuple):
+  """Gradients -> Optax update -> parameters -> EMA (optim.ema_decay > 0; optim.ema_warmup), once per step."""
+  tx: optax.GradientTransformation
+  ema_decay: float = 0.0
+  ema_warmup: bool = False
+
+  def init(self, params) -> tuple[Any, Any]:
+    """(optimizer state, EMA parameters or None)."""
+    return self.tx.init(params), (jax.tree.map(jnp.copy, params) if self.ema_decay else None)
+
+  def apply(self, grads, params, opt_state, ema_params, step):
+    """(new params, new optimizer state, new EMA) after one update; `step` = updates done before this one."""
+    updates, opt_state = self.tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    if ema_params is not None:
+      ema_params = ema_update(ema_params, params, ema_decay_at(self.ema_decay, self.ema_warmup, step))
+    return params, opt_state, ema_params
+
+
+def make_updater(lr: float, optim: ml_collections.ConfigDict, num_steps: int, weight_decay_mask=None,
+                 ema: bool = True) -> Updater:
+  """The Updater of config.optim; ema=False for a network without an EMA (a GAN's discriminator)."""
+  if not 0 <= optim.ema_decay < 1:
+    raise UserError(f'optim.ema_decay={optim.ema_decay} must be in [0, 1) (0 disables the EMA)')
+  return Updater(make_optimizer(lr, optim, num_steps, weight_decay_mask), optim.ema_decay if ema else 0.0,
+                 bool(optim.ema_warmup))
 
 
 def current_lr(lr: float, optim: ml_collections.ConfigDict, num_steps: int, step: jax.Array) -> jax.Array:

@@ -1,7 +1,8 @@
-"""The generic trainer: any Family, any data source, one mesh. No family-specific code lives here.
+"""The generic trainer: any Family, any Dataset, one mesh. No family-specific code lives here.
 
 Randomness: keys derive from (seed, step) only, and the data iterator's position is checkpointed, so a
-run resumed at any checkpoint equals an uninterrupted one bit for bit (same devices).
+run resumed at any checkpoint equals an uninterrupted one bit for bit (same devices). Stages and data are
+resolved before (jaxgen.stages.train_and_evaluate); the trainer gets the Dataset.
 """
 import os
 import signal
@@ -16,33 +17,12 @@ from tqdm import tqdm
 from jaxgen import data, families
 from jaxgen.errors import UserError
 from jaxgen.train import checkpointing, sharding
+from jaxgen.train.state import abstract_state, create_state, run_keys
 from jaxgen.train.writers import RunWriter
 
 
 class Stopped(UserError):
   """Training stopped early on request (SIGTERM/SIGINT) after saving a checkpoint."""
-
-
-def run_keys(seed: int) -> dict[str, jax.Array]:
-  """Independent key streams of a run; the step is folded in at use: fold_in(keys[kind], step)."""
-  return dict(zip(('init', 'train', 'eval', 'sample'), jax.random.split(jax.random.key(seed), 4)))
-
-
-def abstract_state(family: families.Family, mesh, seed: int):
-  """ShapeDtypeStructs, with their NamedShardings on `mesh`, of the state `family.init` makes."""
-  boxed = jax.eval_shape(family.init, run_keys(seed)['init'])
-  shardings = sharding.state_shardings(boxed, mesh)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed), shardings)
-
-
-def create_state(family: families.Family, mesh, seed: int):
-  """Initialise the state directly into its shardings; returns (state, shardings)."""
-  shardings = jax.tree.map(lambda x: x.sharding, abstract_state(family, mesh, seed))
-  # init runs once: on CPU, XLA's backend optimisation of its random draws costs far more than it saves
-  options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
-  state = jax.jit(lambda k: nn.meta.unbox(family.init(k)), out_shardings=shardings,
-                  compiler_options=options)(run_keys(seed)['init'])
-  return state, shardings
 
 
 def all_finite(tree) -> jax.Array:
@@ -51,7 +31,7 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def jit_train_step(family: families.Family, state_shardings, mesh, skip_nonfinite: bool = False):
+def jit_train_step(family, state_shardings, mesh, skip_nonfinite: bool = False):
   """The family's step, jitted on the mesh. With skip_nonfinite, a step whose metrics or new state are not
   finite leaves the state unchanged, reports skipped=1 and NaN for its other metrics (left out of the means)."""
   step_fn = family.train_step
@@ -66,15 +46,15 @@ def jit_train_step(family: families.Family, state_shardings, mesh, skip_nonfinit
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
-def jit_eval_step(family: families.Family, state_shardings, mesh):
+def jit_eval_step(family, state_shardings, mesh):
   return jax.jit(family.eval_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), None))
 
 
-def evaluate(eval_step, state, config, workdir, mesh, key) -> dict[str, float]:
-  """Mean of the family's eval metrics over the test batches."""
+def evaluate(eval_step, state, config, batches, mesh, key) -> dict[str, float]:
+  """Mean of the family's eval metrics over the test batches (this process's rows of each)."""
   bsharding = sharding.batch_sharding(mesh)
   totals, n = {}, 0
-  for i, local_batch in enumerate(data.eval_batches(config, workdir)):
+  for i, local_batch in enumerate(batches):
     metrics = eval_step(state, sharding.global_batch(local_batch, bsharding), jax.random.fold_in(key, i))
     totals = jax.tree.map(lambda a, b: a + b, totals, metrics) if totals else metrics
     n += 1
@@ -106,6 +86,16 @@ class StopRequest:
       signal.signal(sig, handler)
 
 
+def check_batch(batch_spec, local_batch, rows: int) -> None:
+  """The data source's batch has the names, per-example shapes and dtypes the family declared."""
+  got = {k: (tuple(np.shape(v)), np.asarray(v).dtype) for k, v in local_batch.items()}
+  want = {k: ((rows, *f.shape), np.dtype(f.dtype)) for k, f in batch_spec.items()}
+  if got != want:
+    show = lambda d: ', '.join(f'{k}: {t} {s}' for k, (s, t) in sorted(d.items()))
+    raise UserError(f'the data gives batches {{{show(got)}}} but the family reads {{{show(want)}}}: check '
+                    'data.modality and the data keys of the config')
+
+
 def check_finite(step: int, metrics: dict[str, float]) -> None:
   bad = [k for k, v in metrics.items() if not np.isfinite(v)]
   if bad:
@@ -135,20 +125,21 @@ class _Throughput:
     return rates
 
 
-def train_and_evaluate(config, workdir: str):
-  """Train `config` in `workdir`, resuming from its newest intact checkpoint; returns the final state."""
+def train(config, workdir: str, dataset: data.Dataset):
+  """Train `config` in `workdir` on `dataset`, resuming from its newest intact checkpoint; the final state.
+  config.json gets the config as given, spec.json the dataset's spec."""
   workdir = os.path.abspath(workdir)
   if config.keep_checkpoints < 1:
     raise UserError(f'keep_checkpoints={config.keep_checkpoints} would keep no checkpoint; use 1 or more')
-  data.setup(config, workdir)                       # may fill derived keys (image shape, vocab size)
   checkpointing.save_config(workdir, config)
-  family = families.build(config, workdir)
+  checkpointing.save_spec(workdir, dataset.spec)
+  family = families.build(config, dataset.spec)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh)
   keys = run_keys(config.seed)
 
   state, state_shardings = create_state(family, mesh, config.seed)
-  train_iter = data.train_iterator(config, workdir)
+  train_iter = dataset.train_iterator()
   mngr = checkpointing.manager(workdir, keep=config.keep_checkpoints)
   step = 0
   if mngr.latest_step() is not None:
@@ -180,6 +171,8 @@ def train_and_evaluate(config, workdir: str):
     with StopRequest() as stop:
       while step < config.num_train_steps and stop.signal is None:
         local_batch = next(train_iter)              # this process's numpy share of the global batch
+        if not pending:
+          check_batch(family.batch_spec, local_batch, config.batch_size // jax.process_count())
         state, metrics = train_step(state, sharding.global_batch(local_batch, bsharding),
                                     jax.random.fold_in(keys['train'], step))
         step += 1
@@ -199,13 +192,15 @@ def train_and_evaluate(config, workdir: str):
           bar.set_postfix(loss=f"{means['loss']:.4f}", ex_per_s=f"{means.get('examples_per_sec', 0):.0f}")
           pending = []
         if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-          eval_metrics = evaluate(eval_step, state, config, workdir, mesh, jax.random.fold_in(keys['eval'], step))
+          eval_metrics = evaluate(eval_step, state, config, dataset.eval_batches(), mesh,
+                                  jax.random.fold_in(keys['eval'], step))
           writer.scalars(step, eval_metrics)
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
         if step % config.sample_every_steps == 0 or step == config.num_train_steps:
-          path = writer.samples(step, family.preview(state, local_batch, jax.random.fold_in(keys['sample'], step)))
-          if path:
-            bar.write(f'step {step}: samples in {path}')
+          paths = writer.samples(step, family.sample_kind,
+                                 family.preview(state, local_batch, jax.random.fold_in(keys['sample'], step)))
+          if paths:
+            bar.write(f'step {step}: samples in {", ".join(paths)}')
         if step % config.checkpoint_every_steps == 0 or done:
           save(step)
       if stop.signal is not None and saved[-1:] != [step]:   # the signal came after this step's checks

@@ -4,10 +4,7 @@ import os
 import time
 
 import jax
-import numpy as np
 from tensorboardX import SummaryWriter
-
-from jaxgen import images
 
 
 class RunWriter:
@@ -31,22 +28,13 @@ class RunWriter:
     for k, v in metrics.items():
       self.tb.add_scalar(k, float(v), step)
 
-  def samples(self, step: int, preview) -> str | None:
-    """Write an image grid (H, W, C) uint8 as PNG, or a list of texts as .txt; return the path."""
+  def samples(self, step: int, kind, preview) -> list[str]:
+    """Write the preview as samples/step_<N><kind.extension> (and what else the kind writes); the paths."""
     if not self.active:
-      return None
-    if isinstance(preview, list):
-      path = os.path.join(self.workdir, 'samples', f'step_{step:06d}.txt')
-      text = '\n\n----------\n\n'.join(preview)
-      with open(path, 'w') as f:
-        f.write(text)
-      self.tb.add_text('samples', text, step)
-    else:
-      grid = np.asarray(preview)
-      path = os.path.join(self.workdir, 'samples', f'step_{step:06d}.png')
-      images.save_png(path, grid)
-      self.tb.add_image('samples', grid, step, dataformats='HWC')
-    return path
+      return []
+    paths = kind.save(os.path.join(self.workdir, 'samples', f'step_{step:06d}{kind.extension}'), preview)
+    kind.log(self.tb, step, preview)
+    return paths
 
   def close(self) -> None:
     if self.active:

@@ -1,0 +1,44 @@
+"""What every data source shares: the Dataset bundle, data specs, and each process's rows of a global batch."""
+import json
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import grain
+import jax
+import ml_collections
+
+from jaxgen.errors import UserError
+
+
+class Dataset(NamedTuple):
+  spec: ml_collections.FrozenConfigDict
+  train_iterator: Callable[[], Iterator[dict]]
+  eval_batches: Callable[[], Iterable[dict]]
+
+
+def make_spec(**facts) -> ml_collections.FrozenConfigDict:
+  """A data spec: JSON-able facts (tuples for shapes), frozen; `modality` names the source kind. Made through
+  JSON, so a spec equals itself read back from spec.json."""
+  return spec_from_json(json.dumps(facts))
+
+
+def spec_to_json(spec) -> str:
+  return json.dumps(spec.to_dict() if hasattr(spec, 'to_dict') else dict(spec), indent=2, sort_keys=True)
+
+
+def spec_from_json(text: str) -> ml_collections.FrozenConfigDict:
+  return ml_collections.FrozenConfigDict(json.loads(text))
+
+
+class ProcessRows(grain.transforms.Map):
+  """A global batch (an array, or a dict of arrays: example indices or examples) -> this process's rows: the
+  p-th of P contiguous blocks, the row order of the global array the trainer assembles."""
+
+  def __init__(self, config):
+    if config.batch_size % jax.process_count():
+      raise UserError(f'batch_size {config.batch_size} must be a multiple of the number of processes '
+                      f'({jax.process_count()})')
+    n = config.batch_size // jax.process_count()
+    self.rows = slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+
+  def map(self, batch):
+    return jax.tree.map(lambda x: x[self.rows], batch)

@@ -1,0 +1,56 @@
+"""Train states and their creation on a mesh, shared by every family and the trainer.
+
+Randomness: keys derive from (seed, step) only (`run_keys`), so any step can be recomputed.
+"""
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+
+from jaxgen.train import optim, sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  """The state of a one-network family: step, parameters, Optax state, EMA of the parameters (None without)."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  ema_params: Any
+
+  @classmethod
+  def create(cls, params, updater: optim.Updater) -> 'TrainState':
+    opt_state, ema_params = updater.init(params)
+    return cls(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=opt_state, ema_params=ema_params)
+
+  def apply_gradients(self, grads, updater: optim.Updater) -> 'TrainState':
+    """One optimizer step (and EMA update): the rule every family uses (jaxgen.train.optim.Updater)."""
+    params, opt_state, ema_params = updater.apply(grads, self.params, self.opt_state, self.ema_params, self.step)
+    return self.replace(step=self.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+
+  def sampling_params(self):
+    """The parameters to sample and evaluate with: the EMA where there is one."""
+    return self.ema_params if self.ema_params is not None else self.params
+
+
+def run_keys(seed: int) -> dict[str, jax.Array]:
+  """Independent key streams of a run; the step is folded in at use: fold_in(keys[kind], step)."""
+  return dict(zip(('init', 'train', 'eval', 'sample'), jax.random.split(jax.random.key(seed), 4)))
+
+
+def abstract_state(family, mesh, seed: int):
+  """ShapeDtypeStructs, with their NamedShardings on `mesh`, of the state `family.init` makes."""
+  boxed = jax.eval_shape(family.init, run_keys(seed)['init'])
+  shardings = sharding.state_shardings(boxed, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed), shardings)
+
+
+def create_state(family, mesh, seed: int):
+  """Initialise the state directly into its shardings; returns (state, shardings)."""
+  shardings = jax.tree.map(lambda x: x.sharding, abstract_state(family, mesh, seed))
+  # init runs once: on CPU, XLA's backend optimisation of its random draws costs far more than it saves
+  options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
+  state = jax.jit(lambda k: nn.meta.unbox(family.init(k)), out_shardings=shardings,
+                  compiler_options=options)(run_keys(seed)['init'])
+  return state, shardings
