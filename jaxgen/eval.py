@@ -71,8 +71,9 @@ def define_flags() -> None:
   flags.DEFINE_string('cache_dir', None,
                       'where classifiers are cached (default: <TFDS data dir>/jaxgen_classifiers)')
   flags.DEFINE_string('data_dir', None, 'TFDS data_dir for --train-classifier (default: TFDS default)')
-  flags.DEFINE_integer('iwae_k', 1000, 'VAE: importance samples per test example')
-  flags.DEFINE_integer('iwae_examples', 10_000, 'VAE: test examples for the IWAE NLL')
+  flags.DEFINE_integer('iwae_k', None, 'VAEs: importance samples per test example (default: 1000 for images, '
+                       'model.iwae_k for sentences)')
+  flags.DEFINE_integer('iwae_examples', None, 'image VAE: test examples for the IWAE NLL (default 10000)')
   flags.DEFINE_integer('pr_k', 3, 'k of the k-NN precision/recall')
   flags.DEFINE_integer('batch', 250, 'images per sampler / classifier call')
   flags.DEFINE_integer('seed', 0, 'sampling seed')

@@ -67,6 +67,10 @@ def test_free_bits_floor_each_dimension_of_the_batch_mean_kl():
   assert float(text_vae.kl_term(kl, 1.0)) == pytest.approx(1.0 + 3.0 + 1.0)
 
 
+def test_detokenize_joins_punctuation_and_contractions():
+  assert text_vae.detokenize("Alas , I was a woman ' s sake ; I ' ll go !") == "Alas, I was a woman's sake; I'll go!"
+
+
 def test_active_units_count_dimensions_whose_posterior_means_vary():
   means = np.stack([np.linspace(-1, 1, 100), np.full(100, 0.3), 0.05 * np.linspace(-1, 1, 100)], 1)
   assert text_vae.active_units(means) == 1                              # var 0.34 > 0.01 > 0 and 8.5e-4

@@ -12,6 +12,7 @@ lambda = model.free_bits nats per latent dimension. The analytic KL and the IWAE
 import functools
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,13 @@ def kl_term(kl_per_dim, free_bits: float):
   """sum_d E_batch KL_d, or with free bits sum_d max(free_bits, E_batch KL_d); kl_per_dim (B, D)."""
   per_dim = jnp.mean(kl_per_dim, axis=0)
   return jnp.sum(jnp.maximum(per_dim, free_bits) if free_bits else per_dim)
+
+
+def detokenize(text: str) -> str:
+  """Post-processing of word-level samples: no space before punctuation or around an apostrophe inside a
+  word ("sake , and I ' ll" -> "sake, and I'll")."""
+  text = re.sub(r" ([,.;:!?])", r"\1", text)
+  return re.sub(r"(\w) ' (\w)", r"\1'\2", text)
 
 
 def active_units(posterior_means, threshold: float = 0.01) -> int:
@@ -158,7 +166,7 @@ def build(config, spec) -> Family:
     out = []
     for row in np.asarray(tokens):
       stop = np.flatnonzero((row == eos) | (row == pad))
-      out.append(tokenizer().decode(row[:stop[0]] if len(stop) else row))
+      out.append(detokenize(tokenizer().decode(row[:stop[0]] if len(stop) else row)))
     return out
 
   def make_sampler(state):
@@ -208,8 +216,11 @@ def build(config, spec) -> Family:
     return dict(active_units=active_units(means), latent_dim=m.latent_dim, active_units_examples=len(means))
 
   def likelihood_evaluator(ctx: evaluators.Context) -> dict:
-    r = {k.removeprefix('eval/'): v for k, v in ctx.test_metrics(ctx.config).items()}
-    return {**r, 'perplexity': math.exp(r['iwae_nll_per_token']), 'iwae_k': m.iwae_k}
+    """The eval_step figures over the validation lines with k = --iwae_k (default model.iwae_k) samples."""
+    config = ctx.config.copy_and_resolve_references()
+    config.model.iwae_k = ctx.options.get('iwae_k') or m.iwae_k
+    r = {k.removeprefix('eval/'): v for k, v in ctx.test_metrics(config).items()}
+    return {**r, 'perplexity': math.exp(r['iwae_nll_per_token']), 'iwae_k': config.model.iwae_k}
 
   return Family(init, train_step, eval_step, make_sampler, preview,
                 batch_spec={'tokens': Feature((length,), np.int32, 0, spec.vocab_size)},

@@ -102,7 +102,7 @@ def make_model(config, spec) -> VAE:
 def iwae_nll(ctx: evaluators.Context) -> dict:
   """NLL = -log p(x) <= -L_k, the IWAE bound with k = --iwae_k samples (iwae_bound, through eval_step) over
   --iwae_examples test images: an upper bound on the test NLL that tightens as k grows."""
-  k, examples = ctx.options.get('iwae_k', 1000), ctx.options.get('iwae_examples', 10_000)
+  k, examples = ctx.options.get('iwae_k') or 1000, ctx.options.get('iwae_examples') or 10_000
   if k < 1 or examples < 1:
     raise UserError(f'--iwae_k={k} and --iwae_examples={examples} must be >= 1')
   config = ctx.config.copy_and_resolve_references()
