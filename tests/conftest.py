@@ -1,11 +1,22 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 # Tests compile many small XLA programs: skip XLA's backend optimisation (about half the compile time).
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
+# ... and many of them again (a resumed run recompiles the uninterrupted run's step; CLI subprocesses compile
+# what the test process did): one persistent compilation cache for the session and its subprocesses, new for
+# every session so no test reads what an older jaxgen compiled.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='jaxgen-tests-xla-cache-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
