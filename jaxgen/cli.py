@@ -1,4 +1,5 @@
 """What the command-line entry points share: one-line errors and multi-host start-up."""
+import errno
 import os
 import re
 import sys
@@ -17,12 +18,31 @@ def run(main) -> None:
       flags.FLAGS.config.keys()                 # config_flags loads lazily: surface its errors now
   except (flags.Error, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
     fail(_last_line(e))
+  try:
+    check_flags()
+  except UserError as e:
+    fail(str(e))
   if not flags.FLAGS['verbosity'].present:     # Orbax/TFDS log INFO lines to stderr: keep the terminal readable
     logging.set_verbosity(logging.ERROR)
   try:
     app.run(main, argv=sys.argv, flags_parser=lambda _: argv)   # flags are parsed once, above
   except UserError as e:
     fail(str(e))
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    fail(f'no space left on device writing {e.filename or "a file"}: free space and run the same command again')
+
+
+def check_flags() -> None:
+  """Before any work (and before JAX starts): the config's values are in range and --workdir, where given,
+  is not a file. The trainer checks the same again, with the device count (jaxgen.config.validate)."""
+  from jaxgen import config as config_lib
+  from jaxgen.train import lock
+  if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+    config_lib.validate(flags.FLAGS.config)
+  if 'workdir' in flags.FLAGS and flags.FLAGS.workdir:
+    lock.check_directory(flags.FLAGS.workdir)
 
 
 def fail(message: str) -> None:

@@ -3,6 +3,7 @@ import importlib.util
 import os
 
 import ml_collections
+import numpy as np
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -84,3 +85,80 @@ def sibling_config(config_file: str, name: str, preset: str) -> ml_collections.C
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(preset)
+
+
+# ------------------------------------------------------------------------------------------- value ranges
+
+# (predicate on the key's last name, lowest, highest, lowest included, highest included), first match wins.
+# Driven by key names, so a family's new keys follow the same rules when they are named like these.
+_RANGES = (
+    (lambda k: k == 'ema_decay', 0.0, 1.0, True, False),
+    (lambda k: k == 'top_p', 0.0, 1.0, False, True),
+    (lambda k: k in ('learning_rate', 'batch_size', 'num_train_steps', 'keep_checkpoints', 'grad_accum_steps',
+                     'eval_examples') or k.endswith('_every_steps'), 0.0, None, False, False),
+    (lambda k: k in ('dropout', 'eta', 'min_lr_ratio') or k.endswith(('_dropout', '_rate', '_prob', '_probability'))
+     or k.startswith('p_'), 0.0, 1.0, True, True),
+    (lambda k: k in ('warmup_steps', 'weight_decay', 'grad_clip', 'num_workers', 'prefetch', 'free_bits',
+                     'num_preview'), 0.0, None, True, False),
+)
+
+
+def _describe(lo, hi, lo_in, hi_in) -> str:
+  if hi is None:
+    return f'{">=" if lo_in else ">"} {lo:g}'
+  return f'{"[" if lo_in else "("}{lo:g}, {hi:g}{"]" if hi_in else ")"}'
+
+
+def _leaves(d, prefix=''):
+  for k, v in d.items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      yield from _leaves(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}', v
+
+
+def _as_dict(config) -> dict:
+  return config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+
+
+def value_errors(config, device_count: int | None = None) -> list[str]:
+  """Every config value that cannot be right, as '<key>=<value> ...; valid: <range> (set --config.<key>)'
+  lines: non-positive rates, sizes, steps and intervals, probabilities outside [0, 1], optim.ema_decay
+  outside [0, 1), mesh sizes that are not positive (or -1) and, given device_count, do not multiply to it.
+  Sub-configs (a stage's config such as `autoencoder`) are checked by the same rules."""
+  errors = []
+  leaves = dict(_leaves(_as_dict(config)))
+  for key, value in leaves.items():
+    name = key.rsplit('.', 1)[-1]
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+      continue
+    for matches, lo, hi, lo_in, hi_in in _RANGES:
+      if matches(name):
+        ok = (value >= lo if lo_in else value > lo) and (hi is None or (value <= hi if hi_in else value < hi))
+        if not ok:
+          errors.append(f'{key}={value!r} is out of range; valid: {_describe(lo, hi, lo_in, hi_in)} '
+                        f'(set --config.{key})')
+        break
+  for prefix in sorted({k[:-len('mesh.data')] for k in leaves if k.endswith('mesh.data')}):
+    sizes = {a: leaves.get(f'{prefix}mesh.{a}') for a in ('data', 'fsdp')}
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes.values()):
+      continue
+    shown = ' x '.join(f'{prefix}mesh.{a}={s}' for a, s in sizes.items())
+    if list(sizes.values()).count(-1) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
+      errors.append(f'{shown} is out of range; valid: positive sizes, at most one -1 (all remaining devices) '
+                    f'(set --config.{prefix}mesh.data=-1)')
+    elif device_count is not None:
+      known = int(np.prod([s for s in sizes.values() if s != -1]))
+      fits = device_count % known == 0 if -1 in sizes.values() else known == device_count
+      if not fits:
+        errors.append(f'{shown} does not multiply to the {device_count} devices; valid: sizes whose product is '
+                      f'{device_count}, or -1 for one of them (set --config.{prefix}mesh.data=-1)')
+  return errors
+
+
+def validate(config, device_count: int | None = None) -> None:
+  """Raise a UserError naming the first value that cannot be right (see value_errors); before any work."""
+  errors = value_errors(config, device_count)
+  if errors:
+    from jaxgen.errors import UserError
+    raise UserError(errors[0])

@@ -39,6 +39,8 @@ def evaluate_workdir(workdir: str, num: int | None = None, *, seed: int = 0, bat
   options: pr_k, iwae_k, iwae_examples, cache_dir, sampler_options (what the evaluators read)."""
   if num is not None and num < 2:
     raise UserError(f'--num={num} must be >= 2')
+  if batch < 1:
+    raise UserError(f'--batch={batch} must be >= 1 (images per sampler and classifier call)')
   config, spec, family, state = checkpointing.restore_run(workdir, families.build)
   ctx = evaluators.Context(config, spec, workdir, state, family.make_sampler(state),
                            _test_metrics(workdir, spec, state, seed),

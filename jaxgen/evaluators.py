@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 from flax import traverse_util
 
 from jaxgen import data, metrics
+from jaxgen.data import images as image_source
 from jaxgen.config import base_config
 from jaxgen.errors import UserError
 
@@ -204,11 +205,17 @@ def classifier(dataset: str, cache_dir: str, data_dir: str | None):
 
 def real_images(dataset: str, data_dir: str | None, split: str, num: int, batch: int, seed: int) -> np.ndarray:
   """The first `num` test images, or `num` shuffled train images, float32 in [0, 1] (N, H, W, C)."""
+  batch = min(batch, num)                 # eval batches drop a partial batch: never ask for more than num
   dconfig = _data_config(dataset, data_dir, batch, eval_examples=num)
   dconfig.seed = seed
   source = data.load(dconfig, '')
-  if split == 'test':
-    batches = list(source.eval_batches())
+  if split == 'test':                     # in order, the last batch partial: a small test split still counts
+    batches, have = [], 0
+    for b in image_source.ordered_batches(dconfig, 'test'):
+      if have >= num:
+        break
+      batches.append(b)
+      have += len(b['label'])
   else:
     it = source.train_iterator()
     batches = [next(it) for _ in range(-(-num // batch))]
@@ -230,12 +237,13 @@ def image_quality(ctx: Context, dataset: str | None = None) -> dict:
   check_sampler_options(ctx.sampler, sampler_options)
   if batch < 1 or num < 2:
     raise UserError(f'--num={num} must be >= 2 and --batch={batch} >= 1')
+  batch = min(batch, num)                 # --num below --batch: one smaller call, not none
   cache_dir = ctx.options.get('cache_dir') or classifier_dir(data_dir)
   features_and_probs, info = classifier(dataset, cache_dir, data_dir)
-  test_size = tfds.builder(dataset, data_dir=data_dir).info.splits['test'].num_examples
-  num_real = min(num, test_size)
   train_f, _ = features_and_probs(real_images(dataset, data_dir, 'train', num, batch, ctx.config.seed), batch)
-  test_f, test_p = features_and_probs(real_images(dataset, data_dir, 'test', num_real, batch, ctx.config.seed), batch)
+  test_images = real_images(dataset, data_dir, 'test', num, batch, ctx.config.seed)
+  num_real = len(test_images)             # min(num, size of the test split)
+  test_f, test_p = features_and_probs(test_images, batch)
   t0 = time.time()
   fake = generated_images(ctx.sampler, num, batch, ctx.seed, sampler_options)
   sample_s = time.time() - t0

@@ -13,18 +13,23 @@ jaxgen.load_state and the family use the recorded stage, and a missing or change
 """
 import os
 
+import jax
 import numpy as np
 
-from jaxgen import data, families
+from jaxgen import config as config_lib, data, families
 from jaxgen.data import arrays, images as image_source
 from jaxgen.errors import UserError
-from jaxgen.train import checkpointing, trainer
+from jaxgen.train import checkpointing, lock, trainer
 
 
 def train_and_evaluate(config, workdir: str):
-  """Train `config` in `workdir` (its stages first), resuming from the newest intact checkpoint; the final state."""
+  """Train `config` in `workdir` (its stages first), resuming from the newest intact checkpoint; the final state.
+  The config's values are checked and the workdir locked (one writer) before anything is written: data
+  preparation (tokenizers, token arrays) and stage one happen under the lock."""
   workdir = os.path.abspath(workdir)
-  return trainer.train(config, workdir, resolve(config, workdir, train_missing=True))
+  config_lib.validate(config, jax.device_count())
+  with lock.hold(workdir):                    # re-entrant: trainer.train takes it again
+    return trainer.train(config, workdir, resolve(config, workdir, train_missing=True))
 
 
 def resolve(config, workdir: str, train_missing: bool = False) -> data.Dataset:

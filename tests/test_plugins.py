@@ -214,7 +214,7 @@ def test_every_config_has_the_shared_presets_and_keys(name):
 def test_a_workdir_from_before_data_specs_gets_one_line_saying_how_to_retrain(tmp_path):
   import json
   import jaxgen
-  (tmp_path / 'config.json').write_text(json.dumps({'family': 'vae', 'model': {}, 'data': {'image_shape': [28, 28, 1]}}))
+  (tmp_path / 'config.json').write_text(json.dumps({'family': 'vae', 'batch_size': 8, 'model': {}, 'data': {'image_shape': [28, 28, 1]}}))
   with pytest.raises(UserError, match=r'has no spec.json: it was written by a jaxgen before data specs; retrain it '
                                       r'in a new --workdir'):
     jaxgen.load_sampler(str(tmp_path))

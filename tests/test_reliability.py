@@ -1,9 +1,14 @@
-"""Faults and bad input: kills, preemption, NaNs, damaged checkpoints, bad sampler arguments, no pickle."""
+"""Faults and bad input: kills, preemption, NaNs, damaged checkpoints, full disks, values out of range,
+interrupted dataset preparation, bad sampler arguments, no pickle. (Refusals through the CLIs: test_reliability_cli.)"""
+import errno
+import gzip
+import importlib
 import json
 import os
 import pathlib
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -15,7 +20,7 @@ import pytest
 import jaxgen
 from configs import vae_fashion_mnist
 from tests.support.mock_tfds import mock_images
-from jaxgen import families
+from jaxgen import config as jaxgen_config, families
 from jaxgen.errors import UserError
 from jaxgen import stages
 from jaxgen.train import trainer
@@ -163,8 +168,173 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path):
 
 
 def test_keep_zero_checkpoints_is_refused(tmp_path):
-  with pytest.raises(UserError, match='keep_checkpoints=0 would keep no checkpoint'):
+  with pytest.raises(UserError, match=r'^keep_checkpoints=0 is out of range; valid: > 0 \(set --config.keep_checkpoints\)$'):
     _train(_config(tmp_path, 2, keep_checkpoints=0), tmp_path / 'run')
+  assert not (tmp_path / 'run').exists()
+
+
+def _shipped(name, preset='smoke'):
+  return importlib.import_module(f'configs.{name}').get_config(preset)
+
+
+@pytest.mark.parametrize('name, key, value, line', [
+    ('ddpm_fashion_mnist', 'model.p_uncond', 1.5,
+     'model.p_uncond=1.5 is out of range; valid: [0, 1] (set --config.model.p_uncond)'),
+    ('gpt_shakespeare_char', 'model.dropout', -0.1,
+     'model.dropout=-0.1 is out of range; valid: [0, 1] (set --config.model.dropout)'),
+    ('vae_text_shakespeare', 'model.word_dropout', 2.0,
+     'model.word_dropout=2.0 is out of range; valid: [0, 1] (set --config.model.word_dropout)'),
+    ('gpt_shakespeare_char', 'sampling.top_p', 0.0,
+     'sampling.top_p=0.0 is out of range; valid: (0, 1] (set --config.sampling.top_p)'),
+    ('gan_fashion_mnist', 'optim.ema_decay', -0.5,
+     'optim.ema_decay=-0.5 is out of range; valid: [0, 1) (set --config.optim.ema_decay)'),
+    ('ddpm_fashion_mnist', 'sample_every_steps', -3,
+     'sample_every_steps=-3 is out of range; valid: > 0 (set --config.sample_every_steps)'),
+    ('vae_fashion_mnist', 'batch_size', 0, 'batch_size=0 is out of range; valid: > 0 (set --config.batch_size)'),
+    ('vae_fashion_mnist', 'num_train_steps', 0,
+     'num_train_steps=0 is out of range; valid: > 0 (set --config.num_train_steps)'),
+    ('ldm_fashion_mnist', 'autoencoder.learning_rate', 0.0,        # a stage's config by the same rules
+     'autoencoder.learning_rate=0.0 is out of range; valid: > 0 (set --config.autoencoder.learning_rate)'),
+    ('vae_fashion_mnist', 'mesh.data', 3, 'mesh.data=3 x mesh.fsdp=1 does not multiply to the 1 devices; valid: '
+     'sizes whose product is 1, or -1 for one of them (set --config.mesh.data=-1)'),
+    ('vae_fashion_mnist', 'mesh.fsdp', -1, 'mesh.data=-1 x mesh.fsdp=-1 is out of range; valid: positive sizes, '
+     'at most one -1 (all remaining devices) (set --config.mesh.data=-1)'),
+])
+def test_values_are_refused_by_key_name_with_their_valid_range(name, key, value, line):
+  config = _shipped(name)
+  *parents, leaf = key.split('.')
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(UserError) as e:
+    jaxgen_config.validate(config, device_count=1)
+  assert str(e.value) == line
+
+
+def test_every_shipped_config_and_preset_is_in_range():
+  for path in sorted(pathlib.Path(ROOT, 'configs').glob('*.py')):
+    for preset in ('default', 'cpu', 'smoke'):
+      try:
+        config = _shipped(path.stem, preset)
+      except ValueError:                           # a config without that preset
+        continue
+      assert jaxgen_config.value_errors(config) == [], (path.stem, preset)
+
+
+def test_mesh_that_does_not_fit_the_devices_is_refused_before_anything_is_written(tmp_path):
+  config = _config(tmp_path, 2)
+  config.mesh.fsdp = 2
+  with pytest.raises(UserError, match=r'^mesh.data=-1 x mesh.fsdp=2 does not multiply to the 1 devices'):
+    _train(config, tmp_path / 'run')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_full_disk_stops_keeps_the_previous_checkpoint_and_rerun_resumes_exactly(tmp_path, monkeypatch):
+  """A save failing with ENOSPC (faked in the data-iterator item's write, inside Orbax's save) stops the run
+  with one line; checkpoint 3 survives even with keep_checkpoints=1; the rerun cleans the cut-off save's
+  tmp dir, resumes from 3, ends with the state the failed run had at step 6, and logs no step twice."""
+  from grain._src.python.checkpoint import handler
+  from jaxgen.train import checkpointing
+  config = _config(tmp_path, 6, keep_checkpoints=1)
+  workdir = tmp_path / 'run'
+  write, save, at_save = handler.CheckpointHandler.save, checkpointing.save, {}
+
+  def full_disk_at_step_6(self, directory, *args, **kwargs):
+    if '/6.orbax-checkpoint-tmp/' in str(directory) + '/':
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f'{directory}/process_0-of-1.json')
+    return write(self, directory, *args, **kwargs)
+
+  def recording_save(mngr, step, state, data_iterator):
+    at_save[step] = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+    return save(mngr, step, state, data_iterator)
+
+  monkeypatch.setattr(handler.CheckpointHandler, 'save', full_disk_at_step_6)
+  monkeypatch.setattr(checkpointing, 'save', recording_save)
+  with pytest.raises(UserError) as e:
+    _train(config, workdir)
+  assert re.fullmatch(r'no space left on device writing \S+/checkpoints/6\.orbax-checkpoint-tmp/\S+; training '
+                      r'stopped and the last complete checkpoint \(3\) is intact: free space and run the same '
+                      r'command again to resume', str(e.value)), str(e.value)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['3', '6.orbax-checkpoint-tmp']
+  _assert_same(_params_at(workdir, 3), at_save[3])
+
+  monkeypatch.undo()                                # space freed
+  _train(config, workdir)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['6']      # the cut-off save's tmp dir is gone
+  _assert_same(_params(workdir), at_save[6])
+  rows = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
+  logged = [(r['step'], 'loss' in r) for r in rows]
+  assert sorted(logged) == sorted(set(logged)) and [s for s, train in logged if train] == [2, 4, 6]
+
+
+def _params_at(workdir, step):
+  _, _, state = jaxgen.load_state(str(workdir), step)
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def test_metrics_rows_past_the_restored_step_and_torn_lines_are_dropped(tmp_path):
+  from jaxgen.train.writers import RunWriter
+  rows = [dict(step=2, loss=1.0), dict(step=4, loss=0.5), {'step': 4, 'eval/loss': 0.7}, dict(step=6, loss=0.2)]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows) + '{"step": 8, "lo')
+  writer = RunWriter(str(tmp_path), resume_step=4)     # a kill -9 after logging 6 and half of 8; checkpoint 4
+  writer.scalars(6, dict(loss=0.25))
+  writer.close()
+  assert [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')][:3] == rows[:3]
+  assert [json.loads(l)['step'] for l in open(tmp_path / 'metrics.jsonl')] == [2, 4, 4, 6]
+
+
+_DIE_WHILE_PREPARING = """
+import os, signal, socket, sys
+from jaxgen.config import base_config
+from jaxgen.data import images, local_fashion_mnist
+generate = local_fashion_mnist.LocalFashionMNIST._generate_examples
+def generate_then_die(self, *args, **kwargs):
+  for i, example in enumerate(generate(self, *args, **kwargs)):
+    if i == 3:
+      os.kill(os.getpid(), signal.SIGKILL)          # kill -9 in the middle of writing the train split
+    yield example
+local_fashion_mnist.LocalFashionMNIST._generate_examples = generate_then_die
+socket.create_connection = lambda *a, **k: (_ for _ in ()).throw(OSError())
+config = base_config()
+config.data.data_dir, config.data.manual_dir = sys.argv[1], sys.argv[2]
+images.load(config, '')
+"""
+
+
+def _write_idx(path, array):
+  header = struct.pack(f'>I{array.ndim}I', 0x0800 | array.ndim, *array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.tobytes())
+
+
+def test_kill_9_while_preparing_a_dataset_then_rerun_prepares_cleanly(tmp_path, monkeypatch, capsys):
+  from jaxgen.config import base_config
+  from jaxgen.data import images, local_fashion_mnist
+  manual, data_dir = tmp_path / 'manual', tmp_path / 'tfds'
+  manual.mkdir()
+  rng = np.random.default_rng(0)
+  for split, n in [('train', 12), ('test', 6)]:
+    for name, array in zip(local_fashion_mnist.FILES[split], (rng.integers(0, 256, (n, 28, 28), np.uint8),
+                                                              rng.integers(0, 10, n, np.uint8))):
+      _write_idx(manual / name, array)
+  proc = subprocess.run([sys.executable, '-c', _DIE_WHILE_PREPARING, str(data_dir), str(manual)], cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=ROOT),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  leftovers = [d for d in os.listdir(data_dir / 'fashion_mnist') if d.startswith('incomplete.')]
+  assert len(leftovers) == 1 and not (data_dir / 'fashion_mnist' / '3.0.1').exists()
+
+  config = base_config()
+  config.batch_size = 4
+  config.data.data_dir, config.data.manual_dir = str(data_dir), str(manual)
+  monkeypatch.setattr(images.socket, 'create_connection', lambda *a, **k: (_ for _ in ()).throw(OSError()))
+  dataset = images.load(config, '')                 # the rerun
+  assert f'jaxgen: removing {data_dir}/fashion_mnist/{leftovers[0]}, left by an interrupted preparation of ' \
+         'fashion_mnist' in capsys.readouterr().out
+  assert not [d for d in os.listdir(data_dir / 'fashion_mnist') if d.startswith('incomplete.')]
+  assert dataset.spec.image_shape == (28, 28, 1)
+  assert next(dataset.train_iterator())['image'].shape == (4, 28, 28, 1)      # and training can proceed
 
 
 @pytest.fixture(scope='module')

@@ -8,7 +8,11 @@ config.seed, cut into global batches, with the iterator position checkpointable 
 Process p of n reads the p-th of n contiguous blocks of each global batch, so the global batch (the
 concatenation over processes) is the same, row for row, whatever the number of processes.
 """
+import fcntl
+import glob
 import importlib.util
+import os
+import shutil
 import socket
 import threading
 import urllib.parse
@@ -61,11 +65,31 @@ def prepare(config):
           f' or use another --config.data.data_dir')
   else:   # process 0 first; then every host whose data_dir is its own (not shared) prepares its copy
     if jax.process_index() == 0:
-      _prepare(config, builder)
+      _prepare_once(config, builder)
     multihost_utils.sync_global_devices(f'jaxgen: {name} prepared')
     if jax.process_index() != 0 and not tfds.builder(name, data_dir=data_dir).is_prepared():
-      _prepare(config, builder)
+      _prepare_once(config, builder)
   return builder
+
+
+def _prepare_once(config, builder) -> None:
+  """_prepare, one preparation at a time per dataset folder (an fcntl lock, released by the OS however the
+  holder ends: a second run waits, then finds the data prepared). TFDS writes into
+  `<data_dir>/<name>/incomplete.<random>_<version>/` and renames it when done, so a preparation killed
+  with -9 leaves only such a folder; holding the lock, no preparation is running, and they are removed."""
+  folder = os.path.dirname(builder.data_dir)                      # <data_dir>/<name>[/<config>]
+  if '://' in folder:                                             # a bucket: no local locks; TFDS as it is
+    _prepare(config, builder)
+    return
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, '.jaxgen-prepare.lock'), 'a') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if tfds.builder(config.data.name, data_dir=config.data.data_dir).is_prepared():
+      return                                                      # another run prepared it meanwhile
+    for leftover in sorted(glob.glob(os.path.join(folder, tfds.core.constants.INCOMPLETE_PREFIX + '*'))):
+      print(f'jaxgen: removing {leftover}, left by an interrupted preparation of {config.data.name}')
+      shutil.rmtree(leftover, ignore_errors=True)
+    _prepare(config, builder)
 
 
 def _prepare(config, builder) -> None:

@@ -30,12 +30,26 @@ def config_path(workdir: str) -> str:
   return os.path.join(workdir, 'config.json')
 
 
+def _read_json(path: str, what: str):
+  """The JSON in `path`; a damaged file (truncated, not UTF-8, not JSON, unreadable) is one UserError."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except (ValueError, OSError) as e:     # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    raise UserError(f'{path} cannot be read as JSON ({_first_line(e)}): the {what} is damaged; restore it from a '
+                    'copy, or use a new --workdir') from None
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = config_path(workdir)
   if not os.path.exists(path):
     raise UserError(f'{workdir} has no config.json: not a jaxgen workdir (train one with train.py --workdir)')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  plain = _read_json(path, 'run\'s config')
+  missing = [k for k in ('family', 'batch_size', 'model', 'data') if not isinstance(plain, dict) or k not in plain]
+  if missing or not isinstance(plain['family'], str) or not all(isinstance(plain[k], dict) for k in ('model', 'data')):
+    raise UserError(f'{path} is not a jaxgen config (no {", ".join(repr(k) for k in missing) or "valid family/model/data"}'
+                    '): another program wrote it; use a new --workdir')
+  return ml_collections.ConfigDict(plain)
 
 
 def _as_plain(config) -> dict:
@@ -50,8 +64,8 @@ def _flat(d, prefix=''):
       yield f'{prefix}{k}', v
 
 
-def save_config(workdir: str, config) -> None:
-  """Write config.json; refuse if the workdir holds a run whose structural keys differ."""
+def check_config(workdir: str, config) -> None:
+  """Refuse (reading only) if the workdir holds a run whose structural keys differ, or a damaged config.json."""
   new = _as_plain(config)
   if os.path.exists(config_path(workdir)):
     old = _as_plain(load_config(workdir))
@@ -62,12 +76,13 @@ def save_config(workdir: str, config) -> None:
       diffs = ', '.join(f'{k}: {old_flat.get(k)!r} -> {new_flat.get(k)!r}' for k in changed[:5])
       raise UserError(f'{workdir} holds a run of a different model ({diffs}); '
                       'use a new --workdir or the original config')
+
+
+def save_config(workdir: str, config) -> None:
+  """Write config.json (atomically); refuse if the workdir holds a run whose structural keys differ."""
+  check_config(workdir, config)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = config_path(workdir) + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(new, f, indent=2)
-    os.replace(tmp, config_path(workdir))
+    _write_atomic(config_path(workdir), json.dumps(_as_plain(config), indent=2))
 
 
 def spec_path(workdir: str) -> str:
@@ -86,18 +101,26 @@ def load_spec(workdir: str) -> ml_collections.FrozenConfigDict:
   if not os.path.exists(path):
     raise UserError(f'{workdir} has no spec.json: it was written by a jaxgen before data specs; retrain it in a '
                     'new --workdir (python train.py --config ... --workdir NEW)')
-  with open(path) as f:
-    return base.spec_from_json(f.read())
+  plain = _read_json(path, 'run\'s data spec')
+  if not isinstance(plain, dict) or not isinstance(plain.get('modality'), str):
+    raise UserError(f"{path} is not a jaxgen data spec (no 'modality'): another program wrote it; "
+                    'use a new --workdir')
+  return base.spec_from_json(json.dumps(plain))
 
 
-def save_spec(workdir: str, spec) -> None:
-  """Write spec.json; refuse if the workdir holds a run on other data (another vocabulary, image shape, ...)."""
+def check_spec(workdir: str, spec) -> None:
+  """Refuse (reading only) if the workdir holds a run on other data (another vocabulary, image shape, ...)."""
   if os.path.exists(spec_path(workdir)):
     old, new = json.loads(base.spec_to_json(load_spec(workdir))), json.loads(base.spec_to_json(spec))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
       raise UserError(f'{workdir} holds a run on other data ({", ".join(changed[:5])} differ); '
                       'use a new --workdir or the original data')
+
+
+def save_spec(workdir: str, spec) -> None:
+  """Write spec.json (atomically); refuse if the workdir holds a run on other data."""
+  check_spec(workdir, spec)
   if jax.process_index() == 0:
     _write_atomic(spec_path(workdir), base.spec_to_json(spec))
 
@@ -123,7 +146,14 @@ def restore_run(workdir: str, build, step: int | None = None):
     raise UserError(f'{workdir} has no checkpoint yet: train first (python train.py --workdir {workdir} ...)')
   if step not in mngr.all_steps():
     raise UserError(f'{workdir} has no checkpoint {step}; it has {sorted(mngr.all_steps())}')
-  return config, spec, family, restore(mngr, step, train_state.abstract_state(family, mesh, config.seed))
+  try:
+    state = restore(mngr, step, train_state.abstract_state(family, mesh, config.seed))
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (damaged or deleted checkpoint files)
+    raise UserError(f'checkpoint {mngr.directory}/{step} cannot be read ({_first_line(e)}): pick an older one '
+                    f'of {sorted(mngr.all_steps())}, or rerun train.py (it moves a damaged one aside)') from e
+  return config, spec, family, state
 
 
 @functools.lru_cache(maxsize=None)
@@ -142,7 +172,11 @@ def restore_stage(workdir: str, step: int, expected_fingerprint: str | None, bui
   if step not in manager(workdir, read_only=True).all_steps():
     raise UserError(f'the stage {workdir} no longer has checkpoint {step}, which this run was trained with: '
                     'restore it (and raise that run\'s keep_checkpoints), or train a new run')
-  run, digest = _restore_once(workdir, step, build)
+  try:
+    run, digest = _restore_once(workdir, step, build)
+  except Exception as e:  # pylint: disable=broad-except  (files of the stage deleted or damaged)
+    raise UserError(f'the stage {workdir} this run depends on cannot be read at checkpoint {step} '
+                    f'({_first_line(e)}): restore its files, or train a new run') from e
   if expected_fingerprint is not None and digest != expected_fingerprint:
     raise UserError(f'the stage {workdir} at step {step} is not the one this run was trained with (fingerprint '
                     f'{digest}, recorded {expected_fingerprint}): restore it, or train a new run on it')
@@ -150,10 +184,20 @@ def restore_stage(workdir: str, step: int, expected_fingerprint: str | None, bui
 
 
 def manager(workdir: str, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
+  """The workdir's CheckpointManager. The writer's (the run holding jaxgen.train.lock) removes the
+  `<step>.orbax-checkpoint-tmp` directories a killed save left (Orbax's cleanup_tmp_directories: safe, as no
+  other writer can be saving); readers never list them (Orbax steps are finished, renamed directories)."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True)
+      max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+      cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
                                item_names=('state', 'data'))
+
+
+def finished_steps(workdir: str) -> list[int]:
+  """The steps of the complete checkpoints in the workdir (what a resumed run may restore), ascending."""
+  directory = os.path.join(workdir, 'checkpoints')
+  return sorted(int(d) for d in (os.listdir(directory) if os.path.isdir(directory) else ()) if d.isdigit())
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator) -> None:

@@ -4,6 +4,7 @@ Randomness: keys derive from (seed, step) only, and the data iterator's position
 run resumed at any checkpoint equals an uninterrupted one bit for bit (same devices). Stages and data are
 resolved before (jaxgen.stages.train_and_evaluate); the trainer gets the Dataset.
 """
+import errno
 import os
 import signal
 import time
@@ -14,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxgen import data, families
+from jaxgen import config as config_lib, data, families
 from jaxgen.errors import UserError
-from jaxgen.train import checkpointing, sharding
+from jaxgen.train import checkpointing, lock, sharding
 from jaxgen.train.state import abstract_state, create_state, run_keys
 from jaxgen.train.writers import RunWriter
 
@@ -127,15 +128,49 @@ class _Throughput:
 
 def train(config, workdir: str, dataset: data.Dataset):
   """Train `config` in `workdir` on `dataset`, resuming from its newest intact checkpoint; the final state.
-  config.json gets the config as given, spec.json the dataset's spec."""
+  config.json gets the config as given, spec.json the dataset's spec.
+
+  Everything that can be refused is refused before anything is written (one UserError line): values out of
+  range (jaxgen.config.validate), a workdir that is a file, a mesh or batch size the devices cannot take, a
+  model the family cannot build on this data, a workdir of another model or other data, damaged
+  config.json / spec.json, and a workdir another run is training (jaxgen.train.lock)."""
   workdir = os.path.abspath(workdir)
-  if config.keep_checkpoints < 1:
-    raise UserError(f'keep_checkpoints={config.keep_checkpoints} would keep no checkpoint; use 1 or more')
-  checkpointing.save_config(workdir, config)
-  checkpointing.save_spec(workdir, dataset.spec)
-  family = families.build(config, dataset.spec)
+  config_lib.validate(config, jax.device_count())
+  lock.check_directory(workdir)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh)
+  family = families.build(config, dataset.spec)
+  checkpointing.check_config(workdir, config)
+  checkpointing.check_spec(workdir, dataset.spec)
+  with lock.hold(workdir):
+    try:
+      return _train(config, workdir, dataset, family, mesh)
+    except Exception as e:  # pylint: disable=broad-except
+      full = _disk_full(e)
+      if full is None:
+        raise
+      steps = checkpointing.finished_steps(workdir)
+      raise UserError(f'no space left on device writing {full}; training stopped and the last complete checkpoint '
+                      f'({steps[-1] if steps else "none yet"}) is intact: free space and run the same command again '
+                      'to resume') from e
+
+
+def _disk_full(e: BaseException) -> str | None:
+  """The file (or 'the workdir') a write failed on for lack of space (ENOSPC, EDQUOT), anywhere in e's chain."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return e.filename or 'the workdir'
+    if 'No space left on device' in str(e) or 'Disk quota exceeded' in str(e):   # wrapped by Orbax/TensorStore
+      return 'the workdir'
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
+  checkpointing.save_config(workdir, config)
+  checkpointing.save_spec(workdir, dataset.spec)
   keys = run_keys(config.seed)
 
   state, state_shardings = create_state(family, mesh, config.seed)
@@ -146,6 +181,7 @@ def train(config, workdir: str, dataset: data.Dataset):
     step, state = checkpointing.restore_newest_intact(mngr, abstract_state(family, mesh, config.seed), train_iter)
     print(f'resumed from {workdir}/checkpoints/{step}')
   if step >= config.num_train_steps:
+    mngr.close()
     print(f'{workdir} is already trained to step {step} (num_train_steps={config.num_train_steps})')
     return state
 
@@ -153,7 +189,7 @@ def train(config, workdir: str, dataset: data.Dataset):
   eval_step = jit_eval_step(family, state_shardings, mesh)
   bsharding = sharding.batch_sharding(mesh)
   state_is_finite = jax.jit(all_finite)
-  writer = RunWriter(workdir)
+  writer = RunWriter(workdir, resume_step=step)   # rows past the restored step are dropped
   throughput = _Throughput(step, config.batch_size)
   pending = []                                      # metrics (on device) since the last log
   bar = tqdm(initial=step, total=config.num_train_steps, disable=jax.process_index() != 0,
@@ -206,10 +242,12 @@ def train(config, workdir: str, dataset: data.Dataset):
       if stop.signal is not None and saved[-1:] != [step]:   # the signal came after this step's checks
         save(step)
   finally:
-    mngr.wait_until_finished()      # an in-flight save of a good state completes even when stopping on errors
-    mngr.close()
-    bar.close()
-    writer.close()
+    try:
+      mngr.wait_until_finished()    # an in-flight save of a good state completes even when stopping on errors
+      mngr.close()
+    finally:
+      bar.close()
+      writer.close()
   if stop.signal is not None:
     raise Stopped(f'stopped by {signal.Signals(stop.signal).name} at step {step} with a checkpoint saved; '
                   'run the same command again to resume')
