@@ -23,6 +23,9 @@ flags.DEFINE_integer('max_new_tokens', None, 'GPT tokens to generate')
 flags.DEFINE_float('temperature', None, 'GPT sampling temperature')
 flags.DEFINE_integer('top_k', None, 'GPT top-k filtering')
 flags.DEFINE_float('top_p', None, 'GPT nucleus (top-p) filtering')
+# BERT
+flags.DEFINE_string('fill', None, 'BERT: replace every [MASK] in TEXT')
+flags.DEFINE_bool('iterative', None, 'BERT --fill: one position per model call, most confident first')
 # text VAE
 flags.DEFINE_string('reconstruct', None, 'text VAE: reconstruct TEXT from its posterior mean')
 flags.DEFINE_string('interpolate', None, 'text VAE: --interpolate "TEXT A" "TEXT B" --num N decodes N sentences '
@@ -30,7 +33,7 @@ flags.DEFINE_string('interpolate', None, 'text VAE: --interpolate "TEXT A" "TEXT
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 FAMILY_OPTIONS = ('num', 'steps', 'sampler', 'eta', 'label', 'guidance', 'prompt', 'max_new_tokens',
-                  'temperature', 'top_k', 'top_p')
+                  'temperature', 'top_k', 'top_p', 'iterative')
 
 
 def main(argv):
@@ -45,6 +48,8 @@ def main(argv):
   options = {k: FLAGS[k].value for k in FAMILY_OPTIONS if FLAGS[k].value is not None}
   if FLAGS.reconstruct is not None:
     options['text'] = [FLAGS.reconstruct]
+  if FLAGS.fill is not None:
+    options['text'] = FLAGS.fill
   if FLAGS.interpolate is not None:
     options['between'] = (FLAGS.interpolate, argv[1])
   evaluators.check_sampler_options(sampler, options)

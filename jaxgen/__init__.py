@@ -2,6 +2,8 @@
 
     sampler = jaxgen.load_sampler('runs/vae')
     images = sampler(jax.random.key(0), num=16)      # uint8 (16, H, W, C)
+    encode, tokenizer = jaxgen.load_encoder('runs/bert')
+    features, mask = encode(['To be, or not to be'])  # (1, T, C) float32, (1, T) bool
 """
 __version__ = '0.1.0'
 
@@ -18,3 +20,17 @@ def load_sampler(workdir: str, step: int | None = None):
   """The family's jitted sampler with the trained (EMA where used) parameters of `workdir`."""
   _, family, state = load_state(workdir, step)
   return family.make_sampler(state)
+
+
+def load_encoder(workdir: str, step: int | None = None):
+  """(encode, tokenizer) of a trained encoder, through its family's make_encoder (EMA parameters where trained
+  with them). Text encoders (BERT): encode(texts: list[str]) -> (features (B, T, C) float32, mask (B, T) bool),
+  jitted, the parameters frozen; encode.apply(params, tokens, mask) is the same map as a pure function of the
+  parameters (encode.params) to take gradients through, encode.tokenize(texts) -> (tokens, mask) its inputs.
+  Autoencoders give encode(batch) -> latents and tokenizer None."""
+  from jaxgen.errors import UserError
+  config, family, state = load_state(workdir, step)
+  if family.make_encoder is None:
+    raise UserError(f'{workdir} holds a {config.family} run, which has no encoder')
+  encode = family.make_encoder(state)
+  return encode, getattr(encode, 'tokenizer', None)

@@ -66,7 +66,8 @@ def format_record(record: dict) -> str:
 def define_flags() -> None:
   """The CLI's flags (defined only when run as a program, so importing this module defines none)."""
   flags.DEFINE_string('workdir', None, 'a workdir written by train.py')
-  flags.DEFINE_integer('num', None, 'generated samples (default: 10000 images, 20 texts)')
+  flags.DEFINE_integer('num', None, 'generated samples (default: 10000 images, 20 texts; BERT: pseudo-perplexity '
+                       'windows, default 8)')
   flags.DEFINE_bool('train-classifier', False, 'train (or retrain) and cache the feature classifier of --dataset')
   flags.DEFINE_string('dataset', None, 'with --train-classifier: the image dataset, one of '
                       + ' | '.join(evaluators.CLASSIFIERS))

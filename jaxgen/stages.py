@@ -70,9 +70,9 @@ def _latents(config, workdir: str, train_missing: bool) -> data.Dataset:
   step = recorded.step if recorded else checkpointing.manager(ae_dir, read_only=True).latest_step()
   (ae_config, ae_spec, ae_family, ae_state), digest = checkpointing.restore_stage(
       ae_dir, step, recorded.fingerprint if recorded else None, families.build)
-  if ae_family.make_encoder is None:
-    raise UserError(f'{ae_dir} holds a {ae_config.family} run, which has no encoder; '
-                    'config.autoencoder_workdir must be an autoencoder (vae) workdir')
+  if ae_family.make_encoder is None or ae_spec.modality != 'image':
+    raise UserError(f'{ae_dir} holds a {ae_config.family} run on {ae_spec.modality} data, not an image '
+                    'autoencoder; config.autoencoder_workdir must be a vae workdir')
 
   image_config = config.copy_and_resolve_references()      # this run's batches of the autoencoder's images
   image_config.data.modality, image_config.data.name = 'image', ae_config.data.name

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = dict(vae='vae_fashion_mnist', gan='gan_fashion_mnist', ddpm='ddpm_fashion_mnist', gpt='gpt_shakespeare_char')
+CONFIGS = dict(vae='vae_fashion_mnist', gan='gan_fashion_mnist', ddpm='ddpm_fashion_mnist', gpt='gpt_shakespeare_char',
+               bert='bert_shakespeare_char')
 STEPS = 3
 # XLA:CPU without its expensive LLVM passes compiles these models ~4x faster. Every comparison here is
 # between partitionings of one program compiled with the same flags, so it loses nothing.
@@ -52,15 +53,15 @@ def _worker(devices: int, *args: str, timeout: int = 600) -> dict:
 
 @pytest.fixture(scope='module')
 def scale(tmp_path_factory):
-  """One 8-device worker: data-parallel runs of every present family (but DDPM: slow), GPT with FSDP, a
-  GPT checkpoint moved between meshes, and the FSDP layout of the default GPT-2 and CIFAR-10 UNet."""
+  """One 8-device worker: data-parallel runs of every present family (but DDPM: slow), GPT and BERT with FSDP,
+  a GPT checkpoint moved between meshes, and the FSDP layout of the default GPT-2 and CIFAR-10 UNet."""
   workdir = tmp_path_factory.mktemp('scale')
-  runs = [f'{f}:8:1' for f in ('vae', 'gan', 'gpt') if _available(f)]
-  runs += ['gpt:2:4'] if _available('gpt') else []
+  runs = [f'{f}:8:1' for f in ('vae', 'gan', 'gpt', 'bert') if _available(f)]
+  runs += [f'{f}:2:4' for f in ('gpt', 'bert') if _available(f)]
   return _worker(8, 'runs', str(workdir), *runs), str(workdir)
 
 
-@pytest.mark.parametrize('family', ['vae', 'gan', 'gpt'])
+@pytest.mark.parametrize('family', ['vae', 'gan', 'gpt', 'bert'])
 def test_data_parallel_steps_equal_one_device_steps(scale, family):
   """K steps on a data=8 mesh (batch split 8 ways, state replicated) == K steps on one device."""
   _skip_absent(family)
@@ -83,9 +84,11 @@ def test_ddpm_data_parallel_and_fsdp_steps_equal_one_device_steps(tmp_path):
   assert result['ddpm:1:8']['sharded_bytes_fraction'] < 0.2     # 1/8 for all but a few odd-sized leaves
 
 
-def test_gpt_fsdp_steps_equal_one_device_steps(scale):
-  _skip_absent('gpt')
-  run = scale[0]['gpt:2:4']
+@pytest.mark.parametrize('family', ['gpt', 'bert'])
+def test_fsdp_steps_equal_one_device_steps(scale, family):
+  """data=2 x fsdp=4: the Transformer's weights sharded on their 'embed' dimension (BERT: GPT's blocks)."""
+  _skip_absent(family)
+  run = scale[0][f'{family}:2:4']
   assert run['error'] <= 1, run
   np.testing.assert_allclose(run['losses'], run['reference_losses'], rtol=1e-5)
 
@@ -285,8 +288,14 @@ def _smoke_config(family: str):
 
 
 def _smoke_spec(family: str):
-  """What the data would derive: the mocked images, or 16 characters."""
+  """What the data would derive: the mocked images, or 16 characters (BERT's after its 4 special tokens)."""
   from tests.support import specs
+  if family == 'bert':
+    from jaxgen import data
+    from jaxgen.data import tokenizers
+    tokenizer = tokenizers.CharTokenizer('abcdefghijklmnop', ('[PAD]', '[CLS]', '[SEP]', '[MASK]'))
+    return data.make_spec(modality='text', source='synthetic', vocab_size=tokenizer.vocab_size,
+                          tokenizer=json.dumps(tokenizer.to_json()))
   return specs.text(16) if family == 'gpt' else specs.FASHION_MNIST
 
 
@@ -295,6 +304,8 @@ def _batches(config) -> list[dict]:
   rng, b = np.random.default_rng(0), config.batch_size
   if config.family == 'gpt':
     return [{'tokens': rng.integers(0, 16, (b, config.model.block_size + 1), dtype=np.int32)} for _ in range(STEPS)]
+  if config.family == 'bert':   # text windows of block_size - 2 tokens, ids after the special tokens
+    return [{'tokens': rng.integers(4, 20, (b, config.model.block_size - 2), dtype=np.int32)} for _ in range(STEPS)]
   lo, hi = config.data.pixel_range
   return [{'image': rng.uniform(lo, hi, (b, 28, 28, 1)).astype(np.float32),
            'label': rng.integers(0, 10, b, dtype=np.int32)} for _ in range(STEPS)]

@@ -128,3 +128,12 @@ def test_tiny_shakespeare_download_failure_names_manual_dir(tmp_path, monkeypatc
   config.data.data_dir = str(tmp_path / 'tfds')
   with pytest.raises(UserError, match='manual_dir'):
     text.load(config, str(tmp_path / 'run'))
+
+
+def test_a_damaged_tokenizer_file_is_one_line_error(prepared):
+  config, workdir, _ = prepared
+  with open(f'{workdir}/tokenizer.json', 'r+') as f:
+    f.truncate(10)
+  with pytest.raises(UserError, match=r'tokenizer.json cannot be read as a tokenizer \(.*\): it is damaged; '
+                                      r'restore it, or use a new --workdir'):
+    text.load(config, workdir)

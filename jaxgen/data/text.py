@@ -3,8 +3,11 @@ data.text_file set), tokenised once into memory-mapped token arrays.
 
 Spec: modality='text', source, vocab_size, tokenizer (its JSON, jaxgen.data.tokenizers.from_json).
 load() writes into the workdir: tokenizer.json, data/{train,val}.npy (uint16 or int32 token ids) and
-data/source.json (what they were made from). Batches are windows of block_size + 1 tokens:
-{'tokens': int32 (B, block_size + 1)}; the model reads tokens[:, :-1] and predicts tokens[:, 1:].
+data/source.json (what they were made from). Batches are windows of window_length(config) tokens,
+{'tokens': int32 (B, window)}: by default block_size + 1 (a GPT reads tokens[:, :-1] and predicts tokens[:, 1:]);
+an encoder's config sets data.window_length (BERT: block_size - 2, for [CLS] w [SEP]). data.special_tokens
+(optional; BERT's [PAD] [CLS] [SEP] [MASK]) go into the tokenizer with ids 0..n-1; the text itself never
+holds them. Without either key the data are what a GPT has always read.
 
 Training windows start at offsets drawn from a per-index seeded RNG over an infinite index range (Grain
 MapDataset.random_map), so the iterator is deterministic and checkpointable (get_state / set_state); each
@@ -64,6 +67,17 @@ def source_of(config) -> str:
   return config.data.name
 
 
+def special_tokens(config) -> tuple[str, ...]:
+  """The tokenizer's special tokens: data.special_tokens, none where the config has no such key (GPT)."""
+  return tuple(config.data.get('special_tokens') or ())
+
+
+def window_length(config) -> int:
+  """Tokens per window: data.window_length, or block_size + 1 where the config has none (GPT's inputs and
+  shifted targets)."""
+  return config.data.get('window_length') or config.model.block_size + 1
+
+
 def _tokens_path(workdir: str, split: str) -> str:
   return os.path.join(workdir, 'data', f'{split}.npy')
 
@@ -101,13 +115,13 @@ def _spec(source: str, tokenizer: tokenizers.Tokenizer):
 
 def synthetic_spec(config):
   """Without the corpus: byte tokens (256), BPE's data.bpe_vocab_size, or for char Tiny Shakespeare's 65
-  characters (stand-in characters of the same count)."""
-  kind = config.data.tokenizer
-  sizes = {'byte': 256, 'bpe': config.data.bpe_vocab_size, 'char': 65}
+  characters (stand-in characters of the same count), with the special tokens."""
+  kind, specials = config.data.tokenizer, special_tokens(config)
+  sizes = {'byte': 256, 'bpe': config.data.bpe_vocab_size - len(specials), 'char': 65}
   if kind not in sizes:
     raise UserError(f'unknown data.tokenizer {kind!r}; use char, byte or bpe')
-  tokenizer = (tokenizers.ByteTokenizer() if kind == 'byte' else
-               tokenizers.CharTokenizer(''.join(chr(32 + i) for i in range(sizes[kind]))))
+  tokenizer = (tokenizers.ByteTokenizer(specials) if kind == 'byte' else
+               tokenizers.CharTokenizer(''.join(chr(32 + i) for i in range(sizes[kind])), specials))
   return _spec('synthetic', tokenizer)
 
 
@@ -115,12 +129,15 @@ def load(config, workdir: str) -> base.Dataset:
   """Tokenise the corpus once into workdir/data/*.npy and save the tokenizer there; the spec and iterators."""
   source = source_of(config)
   meta_path = os.path.join(workdir, 'data', 'source.json')
+  specials = special_tokens(config)
   meta = {'source': source, 'tokenizer': config.data.tokenizer}
+  if specials:                       # GPT workdirs keep the meta they were prepared with
+    meta['special_tokens'] = list(specials)
   if is_prepared(workdir, meta_path, meta):
     tokenizer = tokenizers.load(workdir)
   else:
     train_text, val_text = read_splits(config, source)
-    tokenizer = tokenizers.train(config.data.tokenizer, train_text, config.data.bpe_vocab_size)
+    tokenizer = tokenizers.train(config.data.tokenizer, train_text, config.data.bpe_vocab_size, specials)
     if isinstance(tokenizer, tokenizers.CharTokenizer):
       unseen = set(val_text) - set(tokenizer.chars)
       if unseen:
@@ -133,12 +150,12 @@ def load(config, workdir: str) -> base.Dataset:
       save_atomic(_tokens_path(workdir, split), lambda f: np.save(f, ids), 'wb')
     save_atomic(os.path.join(workdir, tokenizers.FILENAME), lambda f: json.dump(tokenizer.to_json(), f))
     save_atomic(meta_path, lambda f: json.dump(meta, f))
-  block = config.model.block_size + 1
+  window = window_length(config)
   for split in ('train', 'val'):
     n = len(_load_tokens(_tokens_path(workdir, split)))
-    if n < block:
-      raise UserError(f'the {split} split has {n} tokens, fewer than block_size + 1 = {block}; '
-                      'give more text or lower --config.model.block_size')
+    if n < window:
+      raise UserError(f'the {split} split has {n} tokens, fewer than a window of {window} '
+                      f'(block_size={config.model.block_size}); give more text or lower --config.model.block_size')
   return base.Dataset(_spec(source, tokenizer), lambda: train_iterator(config, workdir),
                       lambda: eval_batches(config, workdir))
 
@@ -157,11 +174,11 @@ def _random_window(index: int, rng: np.random.Generator, *, path: str, length: i
 
 
 def train_iterator(config, workdir: str):
-  """Infinite checkpointable iterator of {'tokens': int32 (batch_size / process_count, block_size + 1)}: this
+  """Infinite checkpointable iterator of {'tokens': int32 (batch_size / process_count, window_length)}: this
   process's rows of each global batch (every process draws the whole batch's windows: a few memory copies)."""
   path = _tokens_path(workdir, 'train')
   windows = (grain.MapDataset.range(sys.maxsize)
-             .random_map(functools.partial(_random_window, path=path, length=config.model.block_size + 1),
+             .random_map(functools.partial(_random_window, path=path, length=window_length(config)),
                          seed=config.seed)
              .batch(config.batch_size, drop_remainder=True)
              .map(base.ProcessRows(config)))
@@ -173,7 +190,7 @@ def train_iterator(config, workdir: str):
 
 def eval_batches(config, workdir: str):
   """This process's rows of the global batches of data.eval_examples evenly spaced validation windows."""
-  path, length = _tokens_path(workdir, 'val'), config.model.block_size + 1
+  path, length = _tokens_path(workdir, 'val'), window_length(config)
   num_windows = min(config.data.eval_examples, len(_load_tokens(path)) - length + 1)
   num_windows -= num_windows % config.batch_size
   offsets = np.linspace(0, len(_load_tokens(path)) - length, num_windows).astype(np.int64)

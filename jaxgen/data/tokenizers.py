@@ -5,6 +5,10 @@ config.data.tokenizer picks one: 'char' (the sorted characters of the training s
 bytes), 'bpe' (byte-level BPE with config.data.bpe_vocab_size merges' worth of vocabulary, trained
 with HF `tokenizers` on the training split) or 'word' (HF WordLevel: the most frequent words and
 punctuation runs of the training split, the rest '[UNK]'; data.modality=sentences).
+
+Special tokens (e.g. BERT's [PAD] [CLS] [SEP] [MASK]), given at training, take ids 0..n-1 in every kind, in
+order; the text's tokens follow (char and byte ids shift by n; with none, ids are as before). encode() reads
+a special token's name in a text as plain text and decode() leaves special ids out.
 """
 import json
 import os
@@ -17,43 +21,67 @@ from jaxgen.errors import UserError
 FILENAME = 'tokenizer.json'
 
 
-class CharTokenizer:
-  """One id per character of `chars` (sorted, unique)."""
+def _special_id(special_tokens: tuple[str, ...], token: str, kind: str) -> int:
+  if token not in special_tokens:
+    raise UserError(f'token {token!r} is not in the {kind} vocabulary; train the tokenizer with it '
+                    '(data.special_tokens)')
+  return special_tokens.index(token)
 
-  def __init__(self, chars: str):
-    self.chars = chars
-    self.vocab_size = len(chars)
+
+class CharTokenizer:
+  """Ids 0..n-1 for the special tokens (none by default), then one per character of `chars` (sorted, unique)."""
+
+  def __init__(self, chars: str, special_tokens=()):
+    self.chars, self.special_tokens = chars, tuple(special_tokens)
+    self.vocab_size = len(self.special_tokens) + len(chars)
     self._codepoints = np.frombuffer(chars.encode('utf-32-le'), np.uint32)  # sorted
 
   def encode(self, text: str) -> np.ndarray:
     codepoints = np.frombuffer(text.encode('utf-32-le'), np.uint32)
-    ids = np.searchsorted(self._codepoints, codepoints).clip(max=self.vocab_size - 1)
+    ids = np.searchsorted(self._codepoints, codepoints).clip(max=len(self.chars) - 1)
     unknown = self._codepoints[ids] != codepoints
     if unknown.any():
       missing = ''.join(sorted(set(np.asarray(list(text))[unknown])))
       raise UserError(f'characters {missing!r} are not in the character vocabulary of the training text; '
                       'remove them from the prompt')
-    return ids.astype(np.int32)
+    return (ids + len(self.special_tokens)).astype(np.int32)
 
   def decode(self, ids) -> str:
-    return ''.join(self.chars[i] for i in np.asarray(ids).tolist())
+    n = len(self.special_tokens)
+    return ''.join(self.chars[i - n] for i in np.asarray(ids).tolist() if i >= n)
+
+  def token_id(self, token: str) -> int:
+    return _special_id(self.special_tokens, token, 'char')
 
   def to_json(self) -> dict:
-    return {'type': 'char', 'chars': self.chars}
+    return {'type': 'char', 'chars': self.chars, **_specials_json(self.special_tokens)}
 
 
 class ByteTokenizer:
-  """UTF-8 bytes; decoding replaces invalid byte sequences with U+FFFD."""
-  vocab_size = 256
+  """Ids 0..n-1 for the special tokens (none by default), then the 256 UTF-8 byte values; decoding replaces
+  invalid byte sequences with U+FFFD."""
+
+  def __init__(self, special_tokens=()):
+    self.special_tokens = tuple(special_tokens)
+    self.vocab_size = len(self.special_tokens) + 256
 
   def encode(self, text: str) -> np.ndarray:
-    return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32)
+    return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32) + len(self.special_tokens)
 
   def decode(self, ids) -> str:
-    return np.asarray(ids, np.uint8).tobytes().decode('utf-8', errors='replace')
+    ids = np.asarray(ids) - len(self.special_tokens)
+    return ids[ids >= 0].astype(np.uint8).tobytes().decode('utf-8', errors='replace')
+
+  def token_id(self, token: str) -> int:
+    return _special_id(self.special_tokens, token, 'byte')
 
   def to_json(self) -> dict:
-    return {'type': 'byte'}
+    return {'type': 'byte', **_specials_json(self.special_tokens)}
+
+
+def _specials_json(special_tokens) -> dict:
+  """The JSON of a tokenizer without special tokens is what it was before they existed."""
+  return {'special_tokens': list(special_tokens)} if special_tokens else {}
 
 
 class HFTokenizer:
@@ -95,6 +123,12 @@ class HFTokenizer:
   def decode(self, ids) -> str:
     return self.tokenizer.decode(np.asarray(ids).tolist())
 
+  @property
+  def special_tokens(self) -> tuple[str, ...]:
+    """The special tokens, by id."""
+    added = self.tokenizer.get_added_tokens_decoder()
+    return tuple(added[i].content for i in sorted(added) if added[i].special)
+
   def token_id(self, token: str) -> int:
     i = self.tokenizer.token_to_id(token)
     if i is None:
@@ -111,16 +145,14 @@ Tokenizer = CharTokenizer | ByteTokenizer | HFTokenizer
 
 def train(kind: str, text: str, vocab_size: int = 0, special_tokens=(), *,
           bpe_vocab_size: int | None = None) -> Tokenizer:
-  """A tokenizer of `kind` fitted to the training text: bpe and word with at most vocab_size ids (char and
-  byte ignore it), special_tokens (bpe and word only) taking ids 0..n-1 in order. bpe_vocab_size: the
+  """A tokenizer of `kind` fitted to the training text: bpe and word with at most vocab_size ids, special
+  tokens included (char and byte ignore it), special_tokens taking ids 0..n-1 in order. bpe_vocab_size: the
   former name of vocab_size."""
   vocab_size = vocab_size if bpe_vocab_size is None else bpe_vocab_size
-  if special_tokens and kind in ('char', 'byte'):
-    raise UserError(f'data.tokenizer={kind} has no special tokens; use word or bpe')
   if kind == 'char':
-    return CharTokenizer(''.join(sorted(set(text))))
+    return CharTokenizer(''.join(sorted(set(text))), special_tokens)
   if kind == 'byte':
-    return ByteTokenizer()
+    return ByteTokenizer(special_tokens)
   if kind in ('bpe', 'word'):
     return HFTokenizer.train(kind, text, vocab_size, special_tokens)
   raise UserError(f'unknown data.tokenizer {kind!r}; use char, byte, bpe or word')
@@ -128,9 +160,9 @@ def train(kind: str, text: str, vocab_size: int = 0, special_tokens=(), *,
 
 def from_json(spec: dict) -> Tokenizer:
   if spec['type'] == 'char':
-    return CharTokenizer(spec['chars'])
+    return CharTokenizer(spec['chars'], spec.get('special_tokens', ()))
   if spec['type'] == 'byte':
-    return ByteTokenizer()
+    return ByteTokenizer(spec.get('special_tokens', ()))
   if spec['type'] in ('bpe', 'word'):
     return HFTokenizer(hf.Tokenizer.from_str(json.dumps(spec['tokenizer'])), spec['type'])
   raise UserError(f'unknown tokenizer type {spec["type"]!r} in the tokenizer JSON; prepare the data again')
@@ -140,5 +172,12 @@ def load(workdir: str) -> Tokenizer:
   path = os.path.join(workdir, FILENAME)
   if not os.path.exists(path):
     raise UserError(f'{path} not found: prepare the data first (python train.py --workdir {workdir} ...)')
-  with open(path) as f:
-    return from_json(json.load(f))
+  try:
+    with open(path) as f:
+      return from_json(json.load(f))
+  except Exception as e:  # noqa: BLE001 -- json, our keys and HF tokenizers each raise their own
+    if isinstance(e, UserError):
+      raise
+    message = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise UserError(f'{path} cannot be read as a tokenizer ({message}): it is damaged; restore it, or use a '
+                    'new --workdir') from e

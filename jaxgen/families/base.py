@@ -43,7 +43,9 @@ class Family(NamedTuple):
   batch_spec: {name: Feature}                           the batches train_step and eval_step take
   sample_kind: jaxgen.samples kind                      writes previews and sample.py's output (PNG/txt/WAV)
   evaluators: {name: fn(jaxgen.evaluators.Context) -> dict}   the metrics `python -m jaxgen.eval` reports
-  make_encoder(state) -> fn(batch) -> latents           autoencoders only: what a later stage trains on
+  make_encoder(state) -> encode                         encoders only: autoencoders fn(batch) -> latents (what a
+                                                        later stage trains on); text encoders fn(texts) ->
+                                                        (features, mask) with .tokenizer (jaxgen.load_encoder)
   tokens_per_example, model_flops_per_example(params)   language models: bench's tokens/s and 6 N T
   bench_sampler(state, num, repeats, **options) -> records   sampler benchmarks (default: time sampler(num))
   """

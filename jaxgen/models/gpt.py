@@ -1,7 +1,13 @@
-"""GPT (Radford et al. 2019; nanoGPT's layout): pre-LayerNorm causal Transformer with tied embeddings.
+"""GPT (Radford et al. 2019; nanoGPT's layout): pre-LayerNorm causal Transformer with tied embeddings; with
+causal=False the same blocks are BERT's bidirectional encoder (Devlin et al. 2019).
 
   h_0 = W_te[x] + P,   h_l' = h_l + Attn(LN(h_l)),   h_{l+1} = h_l' + MLP(LN(h_l')),   logits = LN(h_L) W_te^T
   Attn(x) = softmax(Q K^T / sqrt(d_k) + causal mask) V per head,   MLP(x) = GELU(x W_fc) W_proj
+
+Encoder (causal=False): no causal mask but a padding mask (each token attends to every real token), optional
+segment embeddings (h_0 += W_tt[s], BERT's sentences A and B), and BERT's MLM head before the tied decoder:
+  features = LN(h_L),   logits = LN_mlm(GELU(features W_mlm + b)) W_te^T + b_mlm
+The causal model's parameters are exactly GPT's (no MLM head, no segment embeddings).
 
 Parameters carry logical axis names ('vocab', 'embed', 'mlp', 'heads', 'kv') for sharding rules.
 Decoding passes an explicit `kv_cache` (one KVCache per layer) in and out: the tokens fed at
@@ -46,23 +52,25 @@ def _layer_norm(use_bias: bool, dtype, name: str) -> nn.LayerNorm:
                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
 
 
-class CausalSelfAttention(nn.Module):
+class SelfAttention(nn.Module):
   num_heads: int
   dropout_rate: float
   use_bias: bool
   residual_std: float
   dtype: jnp.dtype
+  causal: bool = True
 
   @nn.compact
-  def __call__(self, x, train: bool, kv_cache: KVCache | None, cache_index):
+  def __call__(self, x, train: bool, kv_cache: KVCache | None, cache_index, padding_mask=None):
+    """padding_mask (B, T) bool, True for real tokens: no query attends to padding keys."""
     B, T, C = x.shape
     qkv = nn.DenseGeneral((3, self.num_heads, C // self.num_heads), use_bias=self.use_bias, dtype=self.dtype,
                           kernel_init=_init(0.02, ('embed', None, 'heads', 'kv')),
                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, 'heads', 'kv')),
                           name='c_attn')(x)                              # (B, T, 3, H, D)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]                   # (B, T, H, D)
-    if kv_cache is None:
-      mask, is_causal = None, True
+    if kv_cache is None:   # the one place causal and bidirectional attention differ
+      mask, is_causal = None if padding_mask is None else padding_mask[:, None, None, :], self.causal  # (B, 1, 1, S)
     else:
       k = lax.dynamic_update_slice(kv_cache.k, k.astype(kv_cache.k.dtype), (0, cache_index, 0, 0))  # (B, S, H, D)
       v = lax.dynamic_update_slice(kv_cache.v, v.astype(kv_cache.v.dtype), (0, cache_index, 0, 0))
@@ -71,7 +79,8 @@ class CausalSelfAttention(nn.Module):
       mask, is_causal = mask[None, None], False
     if train and self.dropout_rate > 0:
       # jax.nn.dot_product_attention has no dropout on the attention weights; nanoGPT applies it there.
-      mask = nn.make_causal_mask(jnp.ones((B, T), bool)) if mask is None else mask
+      if is_causal:
+        mask = nn.combine_masks(nn.make_causal_mask(jnp.ones((B, T), bool)), mask)
       weights = nn.dot_product_attention_weights(q, k, mask=mask, dropout_rate=self.dropout_rate,
                                                  dropout_rng=self.make_rng('dropout'), deterministic=False,
                                                  dtype=self.dtype)  # (B, H, T, S)
@@ -91,16 +100,17 @@ class Block(nn.Module):
   use_bias: bool
   residual_std: float
   dtype: jnp.dtype
+  causal: bool = True
 
   @nn.compact
-  def __call__(self, x, train: bool, kv_cache: KVCache | None, cache_index):
+  def __call__(self, x, train: bool, kv_cache: KVCache | None, cache_index, padding_mask=None):
     C = x.shape[-1]
     dense = lambda features, std, names, name: nn.Dense(
         features, use_bias=self.use_bias, dtype=self.dtype, name=name, kernel_init=_init(std, names),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
-    attn = CausalSelfAttention(self.num_heads, self.dropout_rate, self.use_bias, self.residual_std, self.dtype,
-                               name='attn')
-    y, kv_cache = attn(_layer_norm(self.use_bias, self.dtype, 'ln_1')(x), train, kv_cache, cache_index)
+    attn = SelfAttention(self.num_heads, self.dropout_rate, self.use_bias, self.residual_std, self.dtype,
+                         self.causal, name='attn')
+    y, kv_cache = attn(_layer_norm(self.use_bias, self.dtype, 'ln_1')(x), train, kv_cache, cache_index, padding_mask)
     x = x + y
     h = _layer_norm(self.use_bias, self.dtype, 'ln_2')(x)
     h = nn.gelu(dense(4 * C, 0.02, ('embed', 'mlp'), 'c_fc')(h))  # (B, T, 4C)
@@ -118,14 +128,22 @@ class GPT(nn.Module):
   use_bias: bool = False
   position_embedding: str = 'learned'   # learned | sinusoidal
   dtype: jnp.dtype = jnp.float32        # compute dtype; parameters are float32
+  causal: bool = True                   # False: BERT's encoder (padding mask, MLM head; returns features)
+  num_segments: int = 0                 # encoder: > 0 adds segment (token type) embeddings 'wtt'
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False, kv_cache: tuple[KVCache, ...] | None = None,
-               cache_index=0):
-    """tokens (B, T) at positions cache_index + [0, T) -> (logits (B, T, V) float32, updated kv_cache).
+               cache_index=0, padding_mask=None, segments=None):
+    """tokens (B, T) at positions cache_index + [0, T).
 
-    Without a kv_cache the T tokens attend causally to each other (cache_index must be 0).
+    causal -> (logits (B, T, V) float32, updated kv_cache); without a kv_cache the T tokens attend causally to
+    each other (cache_index must be 0).
+    encoder -> (MLM logits (B, T, V) float32, features (B, T, C)): every token attends to every real token
+    (padding_mask (B, T) bool, True for real tokens; None: all are); segments (B, T) int in [0, num_segments)
+    (None: 0). Padding changes nothing at the real tokens.
     """
+    if not self.causal and kv_cache is not None:
+      raise ValueError('the encoder (causal=False) has no KV cache')
     T = tokens.shape[1]
     wte = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name='wte',
                    embedding_init=_init(0.02, ('vocab', 'embed')))
@@ -137,13 +155,44 @@ class GPT(nn.Module):
       pos = jnp.asarray(sinusoidal_positions(self.block_size, self.embed_dim), self.dtype)[positions]
     else:
       raise ValueError(f'unknown position_embedding {self.position_embedding!r}; use learned or sinusoidal')
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(wte(tokens) + pos)  # (B, T, C)
+    x = wte(tokens) + pos                                                          # (B, T, C)
+    if self.num_segments:
+      segments = jnp.zeros_like(tokens) if segments is None else segments
+      x = x + nn.Embed(self.num_segments, self.embed_dim, dtype=self.dtype, name='wtt',
+                       embedding_init=_init(0.02, (None, 'embed')))(segments)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     residual_std = 0.02 / np.sqrt(2 * self.num_layers)
     new_cache = []
     for i in range(self.num_layers):
       x, layer_cache = Block(self.num_heads, self.dropout_rate, self.use_bias, residual_std, self.dtype,
-                             name=f'h_{i}')(x, train, None if kv_cache is None else kv_cache[i], cache_index)
+                             self.causal, name=f'h_{i}')(x, train, None if kv_cache is None else kv_cache[i],
+                                                         cache_index, padding_mask)
       new_cache.append(layer_cache)
     x = _layer_norm(self.use_bias, self.dtype, 'ln_f')(x)
-    logits = wte.attend(x).astype(jnp.float32)  # weight tying: (B, T, V)
-    return logits, None if kv_cache is None else tuple(new_cache)
+    if self.causal:
+      logits = wte.attend(x).astype(jnp.float32)  # weight tying: (B, T, V)
+      return logits, None if kv_cache is None else tuple(new_cache)
+    h = nn.Dense(self.embed_dim, dtype=self.dtype, name='mlm_dense', kernel_init=_init(0.02, (None, 'embed')),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(x)
+    h = _layer_norm(True, self.dtype, 'mlm_ln')(nn.gelu(h))
+    bias = self.param('mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)), (self.vocab_size,))
+    logits = (wte.attend(h) + bias).astype(jnp.float32)  # the MLM head, tied to the token embeddings: (B, T, V)
+    return logits, x
+
+
+class BERT(nn.Module):
+  """Devlin et al. 2019 on GPT's blocks: `encoder` is a GPT(causal=False); with nsp, the next-sentence
+  classifier on the pooled [CLS] feature, tanh(h_[CLS] W_pool + b) W_nsp + b (BERT's pooler)."""
+  encoder: GPT
+  nsp: bool = False
+
+  @nn.compact
+  def __call__(self, tokens, padding_mask=None, segments=None, *, train: bool = False):
+    """tokens (B, T) -> (MLM logits (B, T, V) float32, features (B, T, C), NSP logits (B, 2) float32 or None)."""
+    logits, features = self.encoder(tokens, train=train, padding_mask=padding_mask, segments=segments)
+    if not self.nsp:
+      return logits, features, None
+    dense = lambda n, names, name: nn.Dense(n, dtype=self.encoder.dtype, name=name, kernel_init=_init(0.02, names),
+                                            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
+    pooled = jnp.tanh(dense(self.encoder.embed_dim, ('embed', None), 'pooler')(features[:, 0]))   # (B, C)
+    return logits, features, dense(2, ('embed', None), 'nsp_head')(pooled).astype(jnp.float32)
