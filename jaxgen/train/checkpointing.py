@@ -4,7 +4,6 @@ DIR/checkpoints/<step>/{state,data}: the state as a sharded pytree (restorable o
 iterator through grain.checkpoint. Saves are async and atomic (Orbax writes to a tmp dir and renames).
 DIR/config.json is the config as given; DIR/spec.json the data spec its data source (or stage) derived.
 """
-import functools
 import glob
 import hashlib
 import json
@@ -156,11 +155,17 @@ def restore_run(workdir: str, build, step: int | None = None):
   return config, spec, family, state
 
 
-@functools.lru_cache(maxsize=None)
+_RESTORED = {}   # (workdir, step) -> (restore_run, fingerprint): one restore per process
+
+
 def _restore_once(workdir: str, step: int, build):
-  """(restore_run, fingerprint) of a checkpoint, once per process however often stages and families ask."""
-  run = restore_run(workdir, build, step)
-  return run, fingerprint(run[3])
+  """(restore_run, fingerprint) of a checkpoint, once per process however often the stage layer and families
+  ask, whichever `build` they pass (the registry's or the stage family's own build, the same Family)."""
+  key = (os.path.realpath(workdir), step)
+  if key not in _RESTORED:
+    run = restore_run(workdir, build, step)
+    _RESTORED[key] = run, fingerprint(run[3])
+  return _RESTORED[key]
 
 
 def restore_stage(workdir: str, step: int, expected_fingerprint: str | None, build):
