@@ -24,13 +24,15 @@ FLAGS = flags.FLAGS
 
 
 def _test_metrics(workdir: str, spec, state, seed: int):
-  """config -> the family's eval_step means over the test split of that config (state on the local mesh)."""
+  """config -> the family's eval_step metrics (its names) averaged over the test split of that config (state on
+  the local mesh)."""
   def test_metrics(config) -> dict[str, float]:
     family = families.build(config, spec)
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
     eval_step = trainer.jit_eval_step(family, jax.tree.map(lambda x: x.sharding, state), mesh)
     batches = stages.resolve(config, workdir).eval_batches()
-    return trainer.evaluate(eval_step, state, config, batches, mesh, jax.random.key(seed))
+    means = trainer.evaluate(eval_step, state, config, batches, mesh, jax.random.key(seed))
+    return {k.removeprefix('eval/'): v for k, v in means.items()}
   return test_metrics
 
 

@@ -7,7 +7,6 @@ An evaluator is fn(ctx: Context) -> dict of JSON-able figures. The shared ones h
                  same FD between N real *test* and N real train images (what a perfect model would score);
                  inception_score (and of the test images) exp(E KL(p(y|x) || p(y))) with the classifier; k-NN
                  precision and recall in the same features (Kynkäänniemi et al. 2019), against the train images.
-  test_split     the family's eval_step averaged over the test split of the run's config (ctx.test_metrics)
   text_diversity distinct_1..4 (unique / total word n-grams) across ctx.num samples of a text sampler
 The classifiers live in <TFDS data dir>/jaxgen_classifiers, trained once on first use.
 """
@@ -35,7 +34,7 @@ class Context(NamedTuple):
   workdir: str
   state: Any
   sampler: Callable
-  test_metrics: Callable[[Any], dict]     # config -> {'eval/<metric>': mean} of eval_step over its test split
+  test_metrics: Callable[[Any], dict]     # config -> {metric: mean} of eval_step over that config's test split
   test_batches: Callable[[], Any]         # the run's test batches (this process's rows), as the trainer reads them
   num: int | None                         # samples asked for (None: the evaluator's default)
   batch: int                              # samples per sampler / classifier call
@@ -260,12 +259,7 @@ def image_quality(ctx: Context, dataset: str | None = None) -> dict:
       note=f"{CLASSIFIERS[dataset][0]} uses jaxgen's own {dataset} classifier features; it is not Inception FID")
 
 
-# ------------------------------------------------------------------------------------------- test split, text
-
-def test_split(ctx: Context) -> dict:
-  """The family's eval_step metrics averaged over the run's test split."""
-  return {k.removeprefix('eval/'): v for k, v in ctx.test_metrics(ctx.config).items()}
-
+# ------------------------------------------------------------------------------------------- text
 
 def text_diversity(ctx: Context, **sampler_options) -> dict:
   """distinct_1..4 across ctx.num (default 20) texts drawn with `sampler_options`."""

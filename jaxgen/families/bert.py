@@ -331,9 +331,9 @@ def build(config, spec) -> Family:
   def mlm_metrics(ctx: evaluators.Context) -> dict:
     """MLM loss (nats per selected token) and masked-token accuracy over the config's validation windows."""
     r = ctx.test_metrics(ctx.config)
-    return dict(mlm_loss=r['eval/mlm_loss'], masked_token_accuracy=r['eval/accuracy'],
-                mlm_perplexity=math.exp(r['eval/mlm_loss']), val_windows=ctx.config.data.eval_examples,
-                **({'nsp_accuracy': r['eval/nsp_accuracy']} if m.nsp else {}))
+    return dict(mlm_loss=r['mlm_loss'], masked_token_accuracy=r['accuracy'],
+                mlm_perplexity=math.exp(r['mlm_loss']), val_windows=ctx.config.data.eval_examples,
+                **({'nsp_accuracy': r['nsp_accuracy']} if m.nsp else {}))
 
   def pseudo_perplexity(ctx: evaluators.Context) -> dict:
     """PPPL = exp(-1/N sum log p(x_t | x_\\t)) over the N text tokens of the first ctx.num (default 8)

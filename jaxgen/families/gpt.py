@@ -138,7 +138,7 @@ def non_embedding_params(params) -> int:
 def language_model_metrics(ctx: evaluators.Context) -> dict:
   """val loss (nats/token) over the config's validation windows, perplexity exp(loss) and bits per character
   loss / (ln 2 * characters per token) of the validation text."""
-  loss = ctx.test_metrics(ctx.config)['eval/loss']
+  loss = ctx.test_metrics(ctx.config)['loss']
   val_ids = np.load(os.path.join(ctx.workdir, 'data', 'val.npy'), mmap_mode='r')
   tokenizer = tokenizers.from_json(json.loads(ctx.spec.tokenizer))
   chars_per_token = len(tokenizer.decode(np.asarray(val_ids))) / len(val_ids)

@@ -219,7 +219,7 @@ def build(config, spec) -> Family:
     """The eval_step figures over the validation lines with k = --iwae_k (default model.iwae_k) samples."""
     config = ctx.config.copy_and_resolve_references()
     config.model.iwae_k = ctx.options.get('iwae_k') or m.iwae_k
-    r = {k.removeprefix('eval/'): v for k, v in ctx.test_metrics(config).items()}
+    r = ctx.test_metrics(config)
     return {**r, 'perplexity': math.exp(r['iwae_nll_per_token']), 'iwae_k': config.model.iwae_k}
 
   return Family(init, train_step, eval_step, make_sampler, preview,

@@ -109,8 +109,8 @@ def iwae_nll(ctx: evaluators.Context) -> dict:
   config.model.iwae_k, config.data.eval_examples = k, examples
   t0 = time.time()
   result = ctx.test_metrics(config)
-  return dict(iwae_k=k, iwae_examples_requested=examples, iwae_nll=result['eval/iwae_nll'], iwae_bits_per_dim=result['eval/iwae_bits_per_dim'],
-              neg_elbo=result['eval/neg_elbo'], iwae_seconds=time.time() - t0)
+  return dict(iwae_k=k, iwae_examples_requested=examples, iwae_nll=result['iwae_nll'],
+              iwae_bits_per_dim=result['iwae_bits_per_dim'], neg_elbo=result['neg_elbo'], iwae_seconds=time.time() - t0)
 
 
 def build(config, spec) -> Family:
