@@ -15,8 +15,10 @@ flags.DEFINE_integer('checkpoint_step', None, 'checkpoint to load (default: late
 flags.DEFINE_integer('steps', None, 'diffusion sampling steps (DDIM when fewer than training steps)')
 flags.DEFINE_enum('sampler', None, ['ancestral', 'ddim'], 'diffusion sampler')
 flags.DEFINE_float('eta', None, 'DDIM eta in [0, 1]')
-flags.DEFINE_integer('label', None, 'class label for conditional models')
+flags.DEFINE_integer('label', None, 'class label for conditional models (audio: the MIDI pitch)')
 flags.DEFINE_float('guidance', None, 'classifier-free guidance weight w')
+# audio
+flags.DEFINE_string('melody', None, 'audio: MIDI pitches P1,P2,... sampled one note each and joined with crossfades')
 # GPT
 flags.DEFINE_string('prompt', None, 'GPT prompt text')
 flags.DEFINE_integer('max_new_tokens', None, 'GPT tokens to generate')
@@ -33,7 +35,7 @@ flags.DEFINE_string('interpolate', None, 'text VAE: --interpolate "TEXT A" "TEXT
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 FAMILY_OPTIONS = ('num', 'steps', 'sampler', 'eta', 'label', 'guidance', 'prompt', 'max_new_tokens',
-                  'temperature', 'top_k', 'top_p', 'iterative')
+                  'temperature', 'top_k', 'top_p', 'iterative', 'melody')
 
 
 def main(argv):

@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'         # compute dtype; parameters stay float32
 
   c.data = ml_collections.ConfigDict()
-  c.data.modality = 'image'         # the source kind, jaxgen.data.MODALITIES: image | text | sentences
+  c.data.modality = 'image'         # the source kind, jaxgen.data.MODALITIES: image | text | sentences | audio
   c.data.name = 'fashion_mnist'     # TFDS name (or text_file, see jaxgen.data.text)
   c.data.data_dir = ml_collections.config_dict.placeholder(str)    # TFDS data_dir (None: TFDS default)
   c.data.manual_dir = ml_collections.config_dict.placeholder(str)  # local raw files for offline prepare

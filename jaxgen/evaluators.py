@@ -96,14 +96,15 @@ def save_classifier(cache_dir: str, dataset: str, params, info: dict) -> None:
   os.replace(info_path + '.tmp', info_path)
 
 
-def load_classifier_params(cache_dir: str, dataset: str):
-  """(params, info) from the cache, or None when there is none for this architecture."""
+def load_classifier_params(cache_dir: str, dataset: str, architecture: dict | None = None):
+  """(params, info) from the cache, or None when there is none for this architecture (default: the image
+  classifier's of `dataset`, CLASSIFIERS)."""
   npz, info_path = _classifier_paths(cache_dir, dataset)
   if not (os.path.exists(npz) and os.path.exists(info_path)):
     return None
   with open(info_path) as f:
     info = json.load(f)
-  if info.get('architecture') != _architecture(dataset):
+  if info.get('architecture') != (architecture or _architecture(dataset)):
     return None
   with np.load(npz, allow_pickle=False) as flat:
     return traverse_util.unflatten_dict({k: flat[k] for k in flat.files}, sep='/'), info
@@ -118,10 +119,36 @@ def _model(dataset: str, num_classes: int = 10):
   return Classifier(num_classes=num_classes, **CLASSIFIERS[dataset][1])
 
 
-def train_classifier(dataset: str, cache_dir: str, data_dir: str | None, seed: int = 0) -> dict:
-  """Train the feature classifier on the train split (AdamW, cosine decay), report test accuracy, cache it."""
+def fit_classifier(model, example, batches, num_steps: int, seed: int = 0, inputs=lambda batch: batch['image']):
+  """Params of `model` (x -> (logits, features)) fitted to batch['label'] by softmax cross-entropy on
+  inputs(batch), over num_steps batches of the iterator `batches` (AdamW 1e-3, cosine decay, weight decay 1e-4);
+  `example` is one input (1, ...) for init. inputs runs inside the jitted step (e.g. waveforms -> log-mel)."""
   import optax
   from jaxgen.train import optim
+  hparams = base_config().optim
+  hparams.schedule, hparams.weight_decay, hparams.warmup_steps = 'cosine', 1e-4, min(100, num_steps // 10)
+  tx = optim.make_optimizer(1e-3, hparams, num_steps)
+  params = jax.jit(model.init)(jax.random.key(seed), example)['params']
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def train_step(params, opt_state, batch):
+    def loss_fn(params):
+      logits, _ = model.apply({'params': params}, inputs(batch))
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  for step in range(num_steps):
+    params, opt_state, loss = train_step(params, opt_state, next(batches))
+    if (step + 1) % 500 == 0:
+      print(f'  step {step + 1}: loss {float(loss):.4f}')
+  return params
+
+
+def train_classifier(dataset: str, cache_dir: str, data_dir: str | None, seed: int = 0) -> dict:
+  """Train the feature classifier on the train split (AdamW, cosine decay), report test accuracy, cache it."""
   if dataset not in CLASSIFIERS:
     raise UserError(f'no classifier for dataset {dataset!r}; choose one of {sorted(CLASSIFIERS)}')
   num_steps = CLASSIFIERS[dataset][2]
@@ -130,28 +157,11 @@ def train_classifier(dataset: str, cache_dir: str, data_dir: str | None, seed: i
   dataset_ = data.load(config, cache_dir)
   spec = dataset_.spec
   model = _model(dataset, spec.num_classes)
-  config.optim.schedule, config.optim.weight_decay, config.optim.warmup_steps = 'cosine', 1e-4, 100
-  tx = optim.make_optimizer(1e-3, config.optim, num_steps)
-  params = jax.jit(model.init)(jax.random.key(seed), np.zeros((1, *spec.image_shape), np.float32))['params']
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def train_step(params, opt_state, batch):
-    def loss_fn(params):
-      logits, _ = model.apply({'params': params}, batch['image'])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
   print(f'training the {dataset} feature classifier: {num_steps} steps of batch {config.batch_size}')
   start = time.time()
-  batches = dataset_.train_iterator()
-  for step in range(num_steps):
-    params, opt_state, loss = train_step(params, opt_state, next(batches))
-    if (step + 1) % 500 == 0:
-      print(f'  step {step + 1}: loss {float(loss):.4f}')
-  apply = _jitted_apply(model)
+  params = fit_classifier(model, np.zeros((1, *spec.image_shape), np.float32), dataset_.train_iterator(),
+                          num_steps, seed)
+  apply = jitted_apply(model)
   correct = total = 0
   for batch in data.load(_data_config(dataset, data_dir, batch_size=500), cache_dir).eval_batches():
     logits, _ = apply(params, batch['image'])
@@ -166,7 +176,7 @@ def train_classifier(dataset: str, cache_dir: str, data_dir: str | None, seed: i
   return info
 
 
-def _jitted_apply(model):
+def jitted_apply(model):
   return jax.jit(lambda params, x: model.apply({'params': params}, x))
 
 
@@ -182,21 +192,23 @@ def classifier(dataset: str, cache_dir: str, data_dir: str | None):
     train_classifier(dataset, cache_dir, data_dir)
     cached = load_classifier_params(cache_dir, dataset)
   params, info = cached
-  apply = _jitted_apply(_model(dataset, info['num_classes']))
+  apply = jitted_apply(_model(dataset, info['num_classes']))
+  return lambda x, batch: features_and_probs(apply, params, x, batch), info
 
-  def features_and_probs(x, batch: int):
-    feats, probs = [], []
-    for i in range(0, len(x), batch):
-      chunk = x[i:i + batch]
-      padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])  # one shape
-      logits, f = jax.device_get(apply(params, padded))
-      feats.append(f[:len(chunk)])
-      logits = logits[:len(chunk)].astype(np.float64)
-      p = np.exp(logits - logits.max(-1, keepdims=True))                # softmax
-      probs.append(p / p.sum(-1, keepdims=True))
-    return np.concatenate(feats), np.concatenate(probs)
 
-  return features_and_probs, info
+def features_and_probs(apply, params, x: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+  """(features (N, D), softmax probabilities (N, K)) of apply(params, x) -> (logits, features), in calls of
+  a fixed size `batch` (the last one zero padded: one compiled shape)."""
+  feats, probs = [], []
+  for i in range(0, len(x), batch):
+    chunk = x[i:i + batch]
+    padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+    logits, f = jax.device_get(apply(params, padded))
+    feats.append(f[:len(chunk)])
+    logits = logits[:len(chunk)].astype(np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))                # softmax
+    probs.append(p / p.sum(-1, keepdims=True))
+  return np.concatenate(feats), np.concatenate(probs)
 
 
 

@@ -19,7 +19,8 @@ import importlib
 from jaxgen.data.base import Dataset, ProcessRows, make_spec, spec_from_json, spec_to_json  # noqa: F401
 from jaxgen.errors import UserError
 
-MODALITIES = {'image': 'jaxgen.data.images', 'text': 'jaxgen.data.text', 'sentences': 'jaxgen.data.sentences'}
+MODALITIES = {'image': 'jaxgen.data.images', 'text': 'jaxgen.data.text', 'sentences': 'jaxgen.data.sentences',
+              'audio': 'jaxgen.data.audio'}
 
 
 def _source(config):

@@ -100,7 +100,8 @@ def _prepare(config, builder) -> None:
                     '(or point --config.data.data_dir at a prepared copy)')
   if _online(builder):
     try:
-      builder.download_and_prepare(file_format='array_record')
+      builder.download_and_prepare(file_format='array_record', download_config=tfds.download.DownloadConfig(
+          manual_dir=config.data.manual_dir))   # builders that read local files (e.g. jaxgen_notes) look there
       return
     except (requests.ConnectionError, requests.Timeout):
       pass  # no network after all: fall back to local files
@@ -176,16 +177,21 @@ def _read_options(config) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=config.data.prefetch, prefetch_buffer_size=config.data.prefetch)
 
 
-def train_iterator(config) -> grain.DatasetIterator:
+def _read_images(config, source) -> grain.transforms.Map:
+  return ReadBatch(source, config.data.pixel_range)
+
+
+def train_iterator(config, read=_read_images) -> grain.DatasetIterator:
   """Endless, checkpointable iterator of this process's batches; every epoch is a new permutation.
 
   Shuffling, repeating and batching act on example indices (a random-access MapDataset, so the iterator
-  state is just a position); each batch of indices is then read and decoded in one call.
+  state is just a position); each batch of indices is then read and decoded in one call, by
+  read(config, source) (another modality's reader of TFDS examples, e.g. jaxgen.data.audio's).
   """
   source = _source(config, 'train')
   ds = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(None)  # reshuffled every epoch
   ds = ds.batch(config.batch_size, drop_remainder=True).map(base.ProcessRows(config))
-  ds = ds.map(ReadBatch(source, config.data.pixel_range))
+  ds = ds.map(read(config, source))
   ds = ds.to_iter_dataset(_read_options(config))
   if config.data.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; outside absl.app use their defaults
@@ -195,17 +201,17 @@ def train_iterator(config) -> grain.DatasetIterator:
   return iter(ds)
 
 
-def eval_batches(config) -> grain.IterDataset:
+def eval_batches(config, read=_read_images) -> grain.IterDataset:
   """This process's rows of the first test examples' global batches, in order (the remainder left out)."""
   source = _source(config, 'test')
   num_batches = min(config.data.eval_examples, len(source)) // config.batch_size
   ds = grain.MapDataset.range(num_batches * config.batch_size).batch(config.batch_size)
-  ds = ds.map(base.ProcessRows(config)).map(ReadBatch(source, config.data.pixel_range))
+  ds = ds.map(base.ProcessRows(config)).map(read(config, source))
   return ds.to_iter_dataset(_read_options(config))
 
 
-def ordered_batches(config, split: str) -> grain.IterDataset:
+def ordered_batches(config, split: str, read=_read_images) -> grain.IterDataset:
   """All of `split` in order, in batches of batch_size (the last one smaller), whatever this process is."""
   source = _source(config, split)
   ds = grain.MapDataset.range(len(source)).batch(config.batch_size)
-  return ds.map(ReadBatch(source, config.data.pixel_range)).to_iter_dataset(_read_options(config))
+  return ds.map(read(config, source)).to_iter_dataset(_read_options(config))

@@ -8,7 +8,8 @@ import importlib
 from jaxgen.errors import UserError
 
 # family name -> module defining build(config, spec) -> Family (imported on first use)
-FAMILIES = {name: f'jaxgen.families.{name}' for name in ('vae', 'gan', 'ddpm', 'ldm', 'gpt', 'text_vae', 'bert')}
+FAMILIES = {name: f'jaxgen.families.{name}' for name in ('vae', 'gan', 'ddpm', 'ddpm_audio', 'ldm', 'gpt', 'text_vae',
+                                                                  'bert')}
 
 
 def build(config, spec):

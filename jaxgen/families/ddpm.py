@@ -238,11 +238,14 @@ def build(config, spec) -> Family:
 
 
 def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec: dict, sample_kind, evaluators: dict,
-                     decode: Callable, decode_params=None, clip=None, augment: Callable | None = None) -> Family:
+                     decode: Callable, decode_params=None, clip=None, augment: Callable | None = None,
+                     features: Callable | None = None) -> Family:
   """The DDPM Family for any denoiser `model` (apply(params, x_t, t, label, train=) on x of shape (B,
-  *sample_shape)) trained on batch[batch_key] of batches `batch_spec`: L_simple, label dropout, EMA, jitted
-  samplers whose output goes through decode(decode_params, x0) inside the same jit (to uint8 pixels, or through
-  a VAE decoder), written as `sample_kind`."""
+  *sample_shape)) trained on batch[batch_key] of batches `batch_spec`, or on features(batch[batch_key]) computed
+  in the step (audio: waveforms -> log-mel): L_simple, label dropout, EMA, jitted samplers whose output goes
+  through decode(decode_params, x0) inside the same jit (to uint8 pixels, through a VAE decoder, or back to
+  waveforms), written as `sample_kind`."""
+  features = features or (lambda x: x)
   mc = config.model
   if mc.prediction not in ('eps', 'v'):
     raise UserError(f'unknown model.prediction {mc.prediction!r}; use eps or v')
@@ -274,7 +277,7 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec:
 
   def train_step(state, batch, rng):
     loss_rng, dropout_rng, label_rng, augment_rng = jax.random.split(rng, 4)
-    x0, label = batch[batch_key], None
+    x0, label = features(batch[batch_key]), None
     if augment is not None:
       x0 = augment(augment_rng, x0)
     if conditional:   # drop labels to the null label with probability p_uncond (classifier-free guidance)
@@ -291,23 +294,25 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec:
 
   def eval_step(state, batch, rng):
     label = batch['label'] if conditional else None
-    return {'loss': l_simple(model_fn(state.sampling_params()), sched, rng, batch[batch_key], label, mc.prediction)}
+    x0 = features(batch[batch_key])
+    return {'loss': l_simple(model_fn(state.sampling_params()), sched, rng, x0, label, mc.prediction)}
 
   @functools.partial(jax.jit, static_argnames=('num', 'steps', 'kind', 'guided'))
-  def sample_uint8(params, decode_params, rng, label, eta, guidance, *, num, steps, kind, guided):
+  def sample_decoded(params, decode_params, rng, label, eta, guidance, *, num, steps, kind, guided):
     fn = eps_fn(params)
     if guided:
       fn = guided_eps_fn(fn, guidance, mc.num_classes)
     x0 = sample(fn, sched, rng, (num, *sample_shape), steps, kind, label, eta, config.sampling.sigma, clip)
-    return decode(decode_params, x0)   # uint8 (num, H, W, C)
+    return decode(decode_params, x0)   # images: uint8 (num, H, W, C); audio: float32 (num, samples)
 
   def make_sampler(state):
     params = state.sampling_params()
 
     def sampler(rng, num: int = config.num_preview, *, steps=None, sampler=None, eta=None, label=None,
                 guidance=None, **options):
-      """-> uint8 (num, H, W, C). steps < T: DDIM (default) over evenly spaced steps; sampler='ancestral'|'ddim';
-      eta: DDIM noise in [0, 1]; label: class (int or (num,) ints; default cycles the classes);
+      """-> decode(x0): uint8 (num, H, W, C) for images. steps < T: DDIM (default) over evenly spaced steps;
+      sampler='ancestral'|'ddim'; eta: DDIM noise in [0, 1]; label: class (int or (num,) ints; default cycles
+      the classes);
       guidance: classifier-free guidance weight w."""
       if options:
         raise UserError(f'unknown DDPM sampler option(s) {sorted(options)}; '
@@ -336,7 +341,7 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec:
         raise UserError('label needs a class-conditional model (model.num_classes > 0); drop --label')
       else:
         labels = None
-      return sample_uint8(params, decode_params, rng, labels, jnp.float32(eta), jnp.float32(w),
+      return sample_decoded(params, decode_params, rng, labels, jnp.float32(eta), jnp.float32(w),
                           num=int(num), steps=int(steps), kind=kind, guided=bool(w))
 
     return sampler

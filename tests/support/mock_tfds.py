@@ -1,4 +1,4 @@
-"""TFDS mocked with small deterministic image datasets (no files, no network) for tests and CLI runs.
+"""TFDS mocked with small deterministic image and note datasets (no files, no network) for tests and CLI runs.
 
     with mock_images(): ...                                    # in-process
     python tests/support/mock_tfds.py train.py --config ...    # a CLI under the same mock
@@ -30,9 +30,34 @@ class SyntheticImages:
     return [self[k] for k in keys]
 
 
+class SyntheticNotes:
+  """Example i of a split: a decaying harmonic tone of MIDI pitch 48 + i % 37 (int16 audio, NSynth's keys)."""
+
+  def __init__(self, split: str, audio):
+    self.n, self.salt = NUM_EXAMPLES[split], 0 if split == 'train' else 10**6
+    self.num_samples, self.rate = audio.shape[0], audio.sample_rate
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    pitch = 48 + int(i) % 37
+    t = np.arange(self.num_samples) / self.rate
+    f0 = 440.0 * 2 ** ((pitch - 69) / 12)
+    phases = np.random.default_rng(self.salt + int(i)).uniform(0, 2 * np.pi, 3)
+    wave = sum(np.sin(2 * np.pi * k * f0 * t + phases[k - 1]) / k for k in (1, 2, 3)) * np.exp(-3 * t)
+    return {'audio': np.round(wave / np.abs(wave).max() * 0.9 * 32767).astype(np.int16), 'pitch': np.int32(pitch)}
+
+  def __getitems__(self, keys):
+    return [self[k] for k in keys]
+
+
 def _as_data_source(builder, split, **kwargs):
   del kwargs
-  return SyntheticImages(str(split), builder.info.features['image'].shape)
+  features = builder.info.features
+  if 'audio' in features:
+    return SyntheticNotes(str(split), features['audio'])
+  return SyntheticImages(str(split), features['image'].shape)
 
 
 @contextlib.contextmanager
