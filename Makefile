@@ -5,7 +5,7 @@ PYTHON ?= python3
 WORKDIR ?= runs/vae_fashion_mnist
 FMNIST_LOCAL := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test install data clean
+.PHONY: demo test install data audio-tools clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,19 @@ data: install
 	  (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) \
 	  >/dev/null 2>&1 || echo "note: dataset-fashion-mnist not installed; TFDS will download instead"; fi
 
+# jaxgen_notes renders its notes with fluidsynth and a General MIDI SoundFont (6 MB; not the 120 MB FluidR3).
+audio-tools:
+	@if ! command -v fluidsynth >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq --no-install-recommends fluidsynth timgm6mb-soundfont || (apt-get update -qq && \
+	   apt-get install -y -qq --no-install-recommends fluidsynth timgm6mb-soundfont)) >/dev/null 2>&1 || \
+	  echo "note: fluidsynth not installed; the rendered-notes tests will be skipped"; fi
+
 demo: data
 	$(PY) train.py --config configs/vae_fashion_mnist.py:cpu --workdir $(WORKDIR)
 	$(PY) sample.py --workdir $(WORKDIR) --num 64 --out $(WORKDIR)/samples/demo.png
 	@echo "samples: $(WORKDIR)/samples/demo.png (training grids: $(WORKDIR)/samples/step_*.png)"
 
-test: install
+test: install audio-tools
 	$(PY) -m pytest
 
 clean:
