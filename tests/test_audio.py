@@ -211,3 +211,23 @@ def test_smoke_run_writes_wav_previews_and_resumes_bit_exactly(tmp_path, cli):
   proc = cli('sample.py', '--workdir', str(tmp_path / 'straight'), '--melody', '60,62,zz', mock_data=False,
              check=False)
   assert proc.returncode == 2 and 'melody' in proc.stderr
+
+
+def test_note_quality_reports_pitch_accuracy_and_fd_with_their_floors_and_caches_the_classifier(
+    tmp_path, monkeypatch):
+  from jaxgen import eval as eval_lib, evaluators
+  _train(tmp_path / 'run', 2, tmp_path / 'tfds')
+  monkeypatch.setattr(ddpm_audio, 'CLASSIFIER_STEPS', 30)
+  options = dict(cache_dir=str(tmp_path / 'classifiers'), sampler_options={'steps': 2})
+  with mock_images():
+    record = eval_lib.evaluate_workdir(str(tmp_path / 'run'), 8, batch=4, **options)
+    fits = []
+    monkeypatch.setattr(evaluators, 'fit_classifier', lambda *a, **k: fits.append(1))
+    again = eval_lib.evaluate_workdir(str(tmp_path / 'run'), 8, batch=4, **options)
+  assert not fits                                              # the cached classifier is reused
+  assert record['fd_name'] == 'FD-notes' and record['num'] == 8 and record['pitches'] == [48, 84]
+  for key in ('pitch_accuracy', 'pitch_accuracy_within_1', 'pitch_accuracy_real_test',
+              'pitch_accuracy_real_test_griffin_lim'):
+    assert 0 <= record[key] <= 1 and record[key] <= record[f'{key}_within_1' if 'within' not in key else key]
+  assert record['fd'] >= 0 and record['fd_floor'] >= 0 and record['num_real_test'] == 32
+  assert again['fd_floor'] == record['fd_floor']                # same classifier, same real notes

@@ -124,7 +124,7 @@ def pitch_classifier(config, spec, cache_dir: str):
     dconfig = config.copy_and_resolve_references()
     dconfig.batch_size, dconfig.seed = 64, 0
     start = time.time()
-    params = evaluators.fit_classifier(model, np.zeros((1, spec.num_samples), np.float32),
+    params = evaluators.fit_classifier(model, np.zeros((1, *p.image_shape), np.float32),
                                        audio.load(dconfig, '').train_iterator(), CLASSIFIER_STEPS,
                                        inputs=lambda batch: to_input(batch['audio']))
     test = _real(dconfig, 'test')
