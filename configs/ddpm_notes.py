@@ -32,6 +32,7 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
   m.num_classes = 128                # MIDI pitches; label 128 is the null label (classifier-free guidance)
   m.p_uncond = 0.1
   m.random_flip = False
+  m.row_coordinate = True            # the UNet sees each mel row's position: where a harmonic sits is its pitch
   m.beta_schedule = 'cosine'
   c.sampling.steps = 50
   c.sampling.guidance = 2.0

@@ -91,6 +91,8 @@ class UNet(nn.Module):
   num_heads: int = 1
   norm_groups: int = 32
   num_classes: int = 0          # > 0: class-conditional; label == num_classes is the null label
+  row_coordinate: bool = False  # True: a channel of each row's position in [-1, 1] joins x (convolutions are
+                                # shift-equivariant; on a spectrogram's mel axis the row *is* the pitch)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -104,6 +106,9 @@ class UNet(nn.Module):
         label = jnp.full(t.shape, self.num_classes, jnp.int32)
       temb = temb + nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype)(label)
 
+    if self.row_coordinate:
+      rows = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, x.shape[1])[None, :, None, None], (*x.shape[:-1], 1))
+      x = jnp.concatenate([x, rows.astype(x.dtype)], axis=-1)                  # (B, H, W, C + 1)
     h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
     hs = [h]
     for level, mult in enumerate(self.ch_mult):
