@@ -4,6 +4,8 @@
     images = sampler(jax.random.key(0), num=16)      # uint8 (16, H, W, C)
     encode, tokenizer = jaxgen.load_encoder('runs/bert')
     features, mask = encode(['To be, or not to be'])  # (1, T, C) float32, (1, T) bool
+    gpt2 = jaxgen.load_pretrained('gpt2')             # a Hugging Face GPT-2 (folder or Hub name), no workdir
+    texts = gpt2(jax.random.key(0), prompt='Hello', num=2, max_new_tokens=20)
 """
 __version__ = '0.1.0'
 
@@ -20,6 +22,15 @@ def load_sampler(workdir: str, step: int | None = None):
   """The family's jitted sampler with the trained (EMA where used) parameters of `workdir`."""
   _, family, state = load_state(workdir, step)
   return family.make_sampler(state)
+
+
+def load_pretrained(name_or_dir: str, dtype: str = 'float32'):
+  """The text sampler of a Hugging Face GPT-2 checkpoint without a workdir: a folder with config.json,
+  model.safetensors and its tokenizer files, or a Hub name (gpt2, gpt2-medium, ...; downloaded once).
+  sampler(rng, num=1, prompt='', max_new_tokens=200, temperature=1.0, top_k=None, top_p=None) -> list of str,
+  as a GPT workdir's; dtype: the compute dtype (bfloat16 on GPU/TPU), parameters float32."""
+  from jaxgen.families import gpt
+  return gpt.pretrained_sampler(name_or_dir, dtype)
 
 
 def load_encoder(workdir: str, step: int | None = None):

@@ -33,24 +33,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxgen import cli, families, stages, timing
+from jaxgen.timing import PEAK_FLOPS, peak_flops_per_device  # noqa: F401 -- bench's names for them
 from jaxgen.errors import UserError
 from jaxgen.train import sharding, trainer
 
 FLAGS = flags.FLAGS
-
-# bf16 dense peak FLOP/s per device, by a substring of device_kind (first match wins)
-PEAK_FLOPS = (
-    ('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12),
-    ('v5 lite', 197e12), ('v5e', 197e12), ('v5p', 459e12), ('TPU v5', 459e12),
-    ('v6 lite', 918e12), ('v6e', 918e12), ('TPU v4', 275e12),
-)
-
-
-def peak_flops_per_device(device) -> float | None:
-  if device.platform == 'cpu':
-    return None
-  return next((peak for name, peak in PEAK_FLOPS if name in device.device_kind), None)
-
 
 def device_info() -> dict:
   d = jax.devices()[0]

@@ -20,6 +20,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.num_preview = 64                # samples drawn for samples/step_<N>.png (or .txt)
   c.skip_nonfinite = False          # True: skip steps with non-finite loss/gradients instead of stopping
+  c.init_from = ml_collections.config_dict.placeholder(str)   # pretrained checkpoint for step 0 (gpt: HF GPT-2
+                                    # folder or Hub name, e.g. gpt2); a resumed run restores its own checkpoint
+  c.profile_steps = ()              # (first, last): jax.profiler trace of those steps into DIR/plugins/profile
+  c.wandb = ml_collections.ConfigDict()
+  c.wandb.project = ml_collections.config_dict.placeholder(str)   # set: log to Weights & Biases too (pip install wandb)
+  c.wandb.entity = ml_collections.config_dict.placeholder(str)
+  c.wandb.name = ml_collections.config_dict.placeholder(str)      # default: the workdir's name
 
   c.model = ml_collections.ConfigDict()
   c.model.dtype = 'float32'         # compute dtype; parameters stay float32
@@ -76,6 +83,22 @@ def apply_preset(c, preset: str, **presets) -> ml_collections.ConfigDict:
   if preset != 'default':
     presets[preset](c)
   return c
+
+
+def named_config_file(name: str) -> str:
+  """The file of a config shipped with jaxgen, by name ('gpt_shakespeare_char'): jaxgen/configs/ where jaxgen is
+  installed (pip install . ships the checkout's configs/ there), else the checkout's configs/ next to jaxgen/
+  (a checkout, or an editable install)."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  folder = os.path.join(package, 'configs')
+  if not os.path.isdir(folder):
+    folder = os.path.join(os.path.dirname(package), 'configs')
+  path = os.path.join(folder, f'{name}.py')
+  if not os.path.exists(path):
+    names = sorted(f[:-3] for f in os.listdir(folder) if f.endswith('.py') and not f.startswith('_'))
+    from jaxgen.errors import UserError
+    raise UserError(f'no config named {name!r}; choose one of {", ".join(names)} (or give a config file path)')
+  return path
 
 
 def sibling_config(config_file: str, name: str, preset: str) -> ml_collections.ConfigDict:

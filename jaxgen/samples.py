@@ -2,7 +2,7 @@
 
 Each kind has `extension` (of the main file), `save(path, samples) -> [paths written]`, `log(tb, step,
 samples)` for a tensorboardX SummaryWriter, and `text(samples)`: what sample.py prints (None: nothing).
-  Images  uint8 (N, H, W, C) samples, or one (H, W, C) grid a family laid out: a PNG grid
+  Images  uint8 (N, H, W, C) samples, or one (H, W, C) grid a family laid out: a PNG grid (.npz: the raw samples)
   Texts   list[str]: a .txt file, the texts separated by `separator` (a rule; one per line for sentences)
   Audio   float32 (N, samples) waveforms in [-1, 1]: one 16-bit PCM WAV of the clips in turn (with
           `gap_s` of silence between them) and a PNG grid of their log-magnitude spectrograms
@@ -14,6 +14,7 @@ import scipy.io.wavfile
 import scipy.signal
 
 from jaxgen import images
+from jaxgen.errors import UserError
 
 TEXT_RULE = '\n\n----------\n\n'
 
@@ -26,6 +27,15 @@ class Images:
     return images.make_grid(samples) if samples.ndim == 4 else samples
 
   def save(self, path: str, samples) -> list[str]:
+    """A PNG grid; for a path ending in .npz the raw uint8 (N, H, W, C) samples as the array 'images' (the
+    input of external FID tools, e.g. np.load(path)['images'])."""
+    if path.endswith('.npz'):
+      samples = np.asarray(samples)
+      if samples.ndim != 4 or samples.dtype != np.uint8:
+        raise UserError(f'--out {path} holds uint8 (N, H, W, C) samples; this sampler gave {samples.dtype} '
+                        f'{samples.shape}: write a .png grid instead')
+      np.savez(path, images=samples)
+      return [path]
     images.save_png(path, self._grid(samples))
     return [path]
 

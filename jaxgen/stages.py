@@ -16,7 +16,7 @@ import os
 import jax
 import numpy as np
 
-from jaxgen import config as config_lib, data, families
+from jaxgen import config as config_lib, data, families, files
 from jaxgen.data import arrays, images as image_source
 from jaxgen.errors import UserError
 from jaxgen.train import checkpointing, lock, trainer
@@ -26,7 +26,7 @@ def train_and_evaluate(config, workdir: str):
   """Train `config` in `workdir` (its stages first), resuming from the newest intact checkpoint; the final state.
   The config's values are checked and the workdir locked (one writer) before anything is written: data
   preparation (tokenizers, token arrays) and stage one happen under the lock."""
-  workdir = os.path.abspath(workdir)
+  workdir = files.absolute(workdir)
   config_lib.validate(config, jax.device_count())
   with lock.hold(workdir):                    # re-entrant: trainer.train takes it again
     return trainer.train(config, workdir, resolve(config, workdir, train_missing=True))
@@ -55,11 +55,11 @@ def _stage_data_config(stage_config, config):
 
 
 def _latents(config, workdir: str, train_missing: bool) -> data.Dataset:
-  previous = checkpointing.load_spec(workdir) if os.path.exists(checkpointing.spec_path(workdir)) else None
+  previous = checkpointing.load_spec(workdir) if files.exists(checkpointing.spec_path(workdir)) else None
   recorded = previous.stages.autoencoder if previous else None
-  given = config.autoencoder_workdir and os.path.abspath(config.autoencoder_workdir)
+  given = config.autoencoder_workdir and files.absolute(config.autoencoder_workdir)
   ae_dir = given or (recorded.workdir if recorded else os.path.join(workdir, 'autoencoder'))
-  if recorded is None and not (given and os.path.exists(checkpointing.config_path(ae_dir))):
+  if recorded is None and not (given and files.exists(checkpointing.config_path(ae_dir))):
     if not train_missing:
       raise UserError('the autoencoder of this latent diffusion run is not trained: train the run '
                       '(python train.py ...), or give --config.autoencoder_workdir=DIR')

@@ -1,8 +1,22 @@
-"""Wall-clock timing of jitted calls for the benchmarks (jaxgen.bench and the families' bench_sampler)."""
+"""Wall-clock timing of jitted calls for the benchmarks (jaxgen.bench and the families' bench_sampler), and the
+devices' peak FLOP/s that MFU is measured against (bench and the training log)."""
 import time
 
 import jax
 import numpy as np
+
+# bf16 dense peak FLOP/s per device, by a substring of device_kind (first match wins)
+PEAK_FLOPS = (
+    ('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('A100', 312e12),
+    ('v5 lite', 197e12), ('v5e', 197e12), ('v5p', 459e12), ('TPU v5', 459e12),
+    ('v6 lite', 918e12), ('v6e', 918e12), ('TPU v4', 275e12),
+)
+
+
+def peak_flops_per_device(device) -> float | None:
+  if device.platform == 'cpu':
+    return None
+  return next((peak for name, peak in PEAK_FLOPS if name in device.device_kind), None)
 
 
 def percentiles_ms(seconds) -> dict:

@@ -99,7 +99,7 @@ def test_generic_tools_name_no_family_and_no_dataset():
   """bench, eval, the writers, sample.py, data dispatch and the trainer go through Family and Dataset only."""
   names = set(families.FAMILIES) | {'fashion_mnist', 'mnist', 'cifar10', 'tiny_shakespeare', 'autoencoder', 'gpt2'}
   for path in ('jaxgen/bench.py', 'jaxgen/eval.py', 'jaxgen/train/writers.py', 'jaxgen/train/trainer.py',
-               'jaxgen/data/__init__.py', 'sample.py'):
+               'jaxgen/data/__init__.py', 'jaxgen/sample.py'):
     tree = ast.parse(open(os.path.join(ROOT, path)).read())
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     assert not strings & names, (path, strings & names)

@@ -137,3 +137,46 @@ def test_a_damaged_tokenizer_file_is_one_line_error(prepared):
   with pytest.raises(UserError, match=r'tokenizer.json cannot be read as a tokenizer \(.*\): it is damaged; '
                                       r'restore it, or use a new --workdir'):
     text.load(config, workdir)
+
+
+# ----------------------------------------------------------------- token files (nanoGPT's train.bin / val.bin)
+
+def token_file_config(config, tmp_path, workdir):
+  """The same data as `prepared` as nanoGPT's uint16 token files, read with data.name=token_file."""
+  folder = tmp_path / 'bins'
+  folder.mkdir(exist_ok=True)
+  for split in ('train', 'val'):
+    np.load(f'{workdir}/data/{split}.npy').astype(np.uint16).tofile(folder / f'{split}.bin')
+  config = config.copy_and_resolve_references()
+  config.data.name, config.data.manual_dir, config.data.text_file = 'token_file', str(folder), None
+  config.data.tokenizer = f'{workdir}/tokenizer.json'            # the tokenizer that made the ids
+  return config
+
+
+def test_token_file_data_equal_the_text_path_on_the_same_tokens(prepared, tmp_path):
+  config, workdir, dataset = prepared
+  token_config = token_file_config(config, tmp_path, workdir)
+  token_dataset = text.load(token_config, str(tmp_path / 'token_run'))
+  assert token_dataset.spec.vocab_size == dataset.spec.vocab_size
+  assert token_dataset.spec.tokenizer == dataset.spec.tokenizer
+  assert not (tmp_path / 'token_run' / 'data' / 'train.npy').exists()     # read in place, never copied
+  it, token_it = dataset.train_iterator(), token_dataset.train_iterator()
+  for _ in range(5):
+    np.testing.assert_array_equal(next(token_it)['tokens'], next(it)['tokens'])
+  for a, b in zip(dataset.eval_batches(), token_dataset.eval_batches(), strict=True):
+    np.testing.assert_array_equal(a['tokens'], b['tokens'])
+  assert isinstance(text.split_tokens(token_config, str(tmp_path / 'token_run'), 'train'), np.memmap)
+
+
+def test_token_file_ids_outside_the_vocabulary_or_missing_files_are_refused(prepared, tmp_path):
+  config, workdir, dataset = prepared
+  token_config = token_file_config(config, tmp_path, workdir)
+  np.array([0, 1, dataset.spec.vocab_size], np.uint16).tofile(tmp_path / 'bins' / 'val.bin')
+  with pytest.raises(UserError, match=rf'val.bin holds token id {dataset.spec.vocab_size}, outside the vocabulary'):
+    text.load(token_config, str(tmp_path / 'a'))
+  (tmp_path / 'bins' / 'val.bin').unlink()
+  with pytest.raises(UserError, match=r'val.bin not found: data.manual_dir of data.name=token_file'):
+    text.load(token_config, str(tmp_path / 'b'))
+  token_config.data.tokenizer = 'char'
+  with pytest.raises(UserError, match=r"data.name=token_file holds token ids: data.tokenizer='char' has to be trained"):
+    text.load(token_config, str(tmp_path / 'c'))

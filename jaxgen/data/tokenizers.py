@@ -1,14 +1,22 @@
-"""Tokenizers trained offline and stored as JSON (workdir/tokenizer.json, no pickle): char, byte (256), BPE,
-word.
+"""Tokenizers stored as JSON (workdir/tokenizer.json, no pickle): char, byte (256), BPE and word trained offline,
+or a pretrained one such as GPT-2's.
 
 config.data.tokenizer picks one: 'char' (the sorted characters of the training split), 'byte' (UTF-8
 bytes), 'bpe' (byte-level BPE with config.data.bpe_vocab_size merges' worth of vocabulary, trained
-with HF `tokenizers` on the training split) or 'word' (HF WordLevel: the most frequent words and
-punctuation runs of the training split, the rest '[UNK]'; data.modality=sentences).
+with HF `tokenizers` on the training split), 'word' (HF WordLevel: the most frequent words and
+punctuation runs of the training split, the rest '[UNK]'; data.modality=sentences), 'gpt2' (GPT-2's byte-level
+BPE, 50257 ids, from the files of config.init_from when it has them, else from the Hugging Face Hub), or the
+path of a tokenizer: an HF tokenizer.json, or a folder holding tokenizer.json or GPT-2's vocab.json + merges.txt.
 
 Special tokens (e.g. BERT's [PAD] [CLS] [SEP] [MASK]), given at training, take ids 0..n-1 in every kind, in
 order; the text's tokens follow (char and byte ids shift by n; with none, ids are as before). encode() reads
-a special token's name in a text as plain text and decode() leaves special ids out.
+a special token's name in a text as plain text and decode() leaves special ids out. A pretrained tokenizer
+keeps its own special tokens and their meaning: GPT-2's '<|endoftext|>' (id 50256) in a text is that id, and
+decode() writes it out, so document boundaries stay visible.
+
+The HF kinds (bpe, word, pretrained) are saved as HF `tokenizers` JSON, so tokenizers.Tokenizer.from_file (and
+transformers' PreTrainedTokenizerFast(tokenizer_file=...)) open a workdir's tokenizer.json; char and byte,
+which HF has no equivalent of, as jaxgen's JSON ({"type": "char", ...}).
 """
 import json
 import os
@@ -16,9 +24,14 @@ import os
 import numpy as np
 import tokenizers as hf
 
+from jaxgen import files
 from jaxgen.errors import UserError
 
 FILENAME = 'tokenizer.json'
+TRAINED = ('char', 'byte', 'bpe', 'word')
+GPT2_HUB = 'openai-community/gpt2'      # where data.tokenizer=gpt2 comes from without config.init_from
+GPT2_FILES = ['tokenizer.json', 'vocab.json', 'merges.txt']
+END_OF_TEXT = '<|endoftext|>'
 
 
 def _special_id(special_tokens: tuple[str, ...], token: str, kind: str) -> int:
@@ -56,6 +69,9 @@ class CharTokenizer:
   def to_json(self) -> dict:
     return {'type': 'char', 'chars': self.chars, **_specials_json(self.special_tokens)}
 
+  def save(self, path: str) -> None:
+    files.write_atomic(path, json.dumps(self.to_json()))
+
 
 class ByteTokenizer:
   """Ids 0..n-1 for the special tokens (none by default), then the 256 UTF-8 byte values; decoding replaces
@@ -78,6 +94,9 @@ class ByteTokenizer:
   def to_json(self) -> dict:
     return {'type': 'byte', **_specials_json(self.special_tokens)}
 
+  def save(self, path: str) -> None:
+    files.write_atomic(path, json.dumps(self.to_json()))
+
 
 def _specials_json(special_tokens) -> dict:
   """The JSON of a tokenizer without special tokens is what it was before they existed."""
@@ -85,13 +104,16 @@ def _specials_json(special_tokens) -> dict:
 
 
 class HFTokenizer:
-  """An HF `tokenizers` Tokenizer of kind 'bpe' (byte-level BPE, GPT-2 style pre-tokenisation) or 'word'
-  (one id per word or punctuation run, unknown words -> '[UNK]', decoded joined by spaces). Special tokens
-  (given at training) have the first ids; decode skips them, and encode reads them in text as plain text."""
+  """An HF `tokenizers` Tokenizer of kind 'bpe' (byte-level BPE, GPT-2 style pre-tokenisation), 'word'
+  (one id per word or punctuation run, unknown words -> '[UNK]', decoded joined by spaces) or 'pretrained'
+  (made by others, e.g. GPT-2's). bpe and word: special tokens (given at training) have the first ids; decode
+  skips them, and encode reads them in text as plain text. pretrained: special tokens in a text are their ids
+  and decode writes them."""
 
   def __init__(self, tokenizer: hf.Tokenizer, kind: str = 'bpe'):
     self.tokenizer, self.kind = tokenizer, kind
-    self.tokenizer.encode_special_tokens = True   # '[EOS]' in a text is not the EOS id (not kept in JSON)
+    # bpe/word: '[EOS]' in a text is not the EOS id (not kept in JSON)
+    self.tokenizer.encode_special_tokens = kind != 'pretrained'
     self.vocab_size = tokenizer.get_vocab_size()
 
   @classmethod
@@ -121,7 +143,7 @@ class HFTokenizer:
     return [np.asarray(e.ids, np.int32) for e in self.tokenizer.encode_batch(list(texts))]
 
   def decode(self, ids) -> str:
-    return self.tokenizer.decode(np.asarray(ids).tolist())
+    return self.tokenizer.decode(np.asarray(ids).tolist(), skip_special_tokens=self.kind != 'pretrained')
 
   @property
   def special_tokens(self) -> tuple[str, ...]:
@@ -137,6 +159,10 @@ class HFTokenizer:
 
   def to_json(self) -> dict:
     return {'type': self.kind, 'tokenizer': json.loads(self.tokenizer.to_str())}
+
+  def save(self, path: str) -> None:
+    """HF tokenizers' own JSON: hf.Tokenizer.from_file(path) opens it."""
+    files.write_atomic(path, self.tokenizer.to_str())
 
 
 BPETokenizer = HFTokenizer   # its former name
@@ -158,23 +184,77 @@ def train(kind: str, text: str, vocab_size: int = 0, special_tokens=(), *,
   raise UserError(f'unknown data.tokenizer {kind!r}; use char, byte, bpe or word')
 
 
+def pretrained(source: str) -> HFTokenizer:
+  """A pretrained tokenizer from `source`: a tokenizer.json file (HF's, or jaxgen's of another run, which keeps
+  its kind), a folder holding tokenizer.json or GPT-2's vocab.json + merges.txt (byte-level BPE;
+  '<|endoftext|>' its special token), or a Hugging Face Hub name whose files those are (downloaded once,
+  jaxgen.files.hub_snapshot)."""
+  is_file = files.is_file(source)
+  folder = os.path.dirname(source) if is_file else files.hub_snapshot(source, GPT2_FILES)
+  path = source if is_file else os.path.join(folder, 'tokenizer.json')
+  try:
+    if files.exists(path):
+      plain = json.loads(files.read_text(path))
+      return _from_file_json(plain, 'pretrained') if 'model' in plain else from_json(plain)
+    vocab, merges = (os.path.join(folder, f) for f in GPT2_FILES[1:])
+    if not (files.exists(vocab) and files.exists(merges)):
+      raise UserError(f'{source} holds no tokenizer.json, nor vocab.json + merges.txt: give the folder of a '
+                      'Hugging Face checkpoint with its tokenizer files, or a tokenizer.json file')
+    vocab_ids = json.loads(files.read_text(vocab))
+    merge_lines = [line for line in files.read_text(merges).splitlines() if line and not line.startswith('#v')]
+    tokenizer = hf.Tokenizer(hf.models.BPE(vocab_ids, [tuple(line.split(' ')) for line in merge_lines]))
+  except UserError:
+    raise
+  except Exception as e:  # noqa: BLE001 -- json and HF tokenizers each raise their own
+    message = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise UserError(f'the tokenizer files of {source} cannot be read ({message}); give a tokenizer.json, or '
+                    'vocab.json + merges.txt of a byte-level BPE') from e
+  tokenizer.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = hf.decoders.ByteLevel()
+  if END_OF_TEXT in vocab_ids:
+    tokenizer.add_special_tokens([END_OF_TEXT])    # already in the vocabulary: keeps its id
+  return HFTokenizer(tokenizer, 'pretrained')
+
+
+def pretrained_source(config) -> str | None:
+  """Where a run's pretrained tokenizer comes from (None for the trained kinds): data.tokenizer's path, or for
+  'gpt2' the pretrained checkpoint config.init_from when there is one, else GPT-2's files on the Hub."""
+  kind = config.data.tokenizer
+  if kind in TRAINED:
+    return None
+  if kind == 'gpt2':
+    return config.get('init_from') or GPT2_HUB
+  if not files.exists(kind):
+    raise UserError(f'data.tokenizer={kind!r} is neither a kind (char, byte, bpe, word, gpt2) nor an existing '
+                    'tokenizer file or folder')
+  return kind
+
+
 def from_json(spec: dict) -> Tokenizer:
   if spec['type'] == 'char':
     return CharTokenizer(spec['chars'], spec.get('special_tokens', ()))
   if spec['type'] == 'byte':
     return ByteTokenizer(spec.get('special_tokens', ()))
-  if spec['type'] in ('bpe', 'word'):
+  if spec['type'] in ('bpe', 'word', 'pretrained'):
     return HFTokenizer(hf.Tokenizer.from_str(json.dumps(spec['tokenizer'])), spec['type'])
   raise UserError(f'unknown tokenizer type {spec["type"]!r} in the tokenizer JSON; prepare the data again')
 
 
-def load(workdir: str) -> Tokenizer:
+def _from_file_json(plain: dict, kind: str | None) -> Tokenizer:
+  """A tokenizer.json: jaxgen's JSON ({"type": ...}) or HF's (kind: given, else word or bpe by its model)."""
+  if 'model' not in plain:
+    return from_json(plain)
+  kind = kind or ('word' if plain['model'].get('type') == 'WordLevel' else 'bpe')
+  return HFTokenizer(hf.Tokenizer.from_str(json.dumps(plain)), kind)
+
+
+def load(workdir: str, kind: str | None = None) -> Tokenizer:
+  """The tokenizer saved in workdir/tokenizer.json; `kind` tells an HF file's kind (default: by its model)."""
   path = os.path.join(workdir, FILENAME)
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise UserError(f'{path} not found: prepare the data first (python train.py --workdir {workdir} ...)')
   try:
-    with open(path) as f:
-      return from_json(json.load(f))
+    return _from_file_json(json.loads(files.read_text(path)), kind)
   except Exception as e:  # noqa: BLE001 -- json, our keys and HF tokenizers each raise their own
     if isinstance(e, UserError):
       raise

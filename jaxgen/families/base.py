@@ -48,6 +48,9 @@ class Family(NamedTuple):
                                                         (features, mask) with .tokenizer (jaxgen.load_encoder)
   tokens_per_example, model_flops_per_example(params)   language models: bench's tokens/s and 6 N T
   bench_sampler(state, num, repeats, **options) -> records   sampler benchmarks (default: time sampler(num))
+  seed_state(state) -> state                            families that can start from a pretrained checkpoint
+                                                        (config.init_from): step 0's state, given the freshly
+                                                        initialised one (same structure, shapes, shardings)
   """
   init: Callable[[jax.Array], State]
   train_step: Callable[[State, Batch, jax.Array], tuple[State, Metrics]]
@@ -61,3 +64,4 @@ class Family(NamedTuple):
   tokens_per_example: int | None = None
   model_flops_per_example: Callable[[Any], float] | None = None
   bench_sampler: Callable[..., Any] | None = None
+  seed_state: Callable[[State], State] | None = None

@@ -1,6 +1,8 @@
 """GPT family: next-token cross-entropy L = -1/(B T) sum_{b,t} log p(x_{b,t+1} | x_{b,<=t}); KV-cached sampler.
 
-Batches are {'tokens': int32 (B, block_size + 1)}. One train_step is one AdamW update on the whole global
+Batches are {'tokens': int32 (B, block_size + 1)}. With config.init_from (a Hugging Face GPT-2 folder or Hub
+name, jaxgen.hf_gpt2) step 0 starts from its parameters instead of a random draw; a resumed run restores its
+own checkpoint as always. One train_step is one AdamW update on the whole global
 batch: with config.grad_accum_steps = A the batch is split into A micro-batches whose gradients are
 averaged inside the step by a lax.scan (activations of one micro-batch in memory at a time). A scan rather
 than optax.MultiSteps keeps steps, schedules, logging, checkpoints and the data position counting
@@ -9,7 +11,6 @@ optimizer updates, and keeps the accumulator out of the optimizer state and the 
 import functools
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +18,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxgen import evaluators, metrics, samples, timing
-from jaxgen.data import tokenizers
+from jaxgen import evaluators, hf_gpt2, metrics, samples, timing
+from jaxgen.data import text, tokenizers
 from jaxgen.errors import UserError
 from jaxgen.families.base import Family, Feature
 from jaxgen.models.gpt import GPT, init_kv_cache
@@ -139,11 +140,52 @@ def language_model_metrics(ctx: evaluators.Context) -> dict:
   """val loss (nats/token) over the config's validation windows, perplexity exp(loss) and bits per character
   loss / (ln 2 * characters per token) of the validation text."""
   loss = ctx.test_metrics(ctx.config)['loss']
-  val_ids = np.load(os.path.join(ctx.workdir, 'data', 'val.npy'), mmap_mode='r')
+  val_ids = text.split_tokens(ctx.config, ctx.workdir, 'val')
   tokenizer = tokenizers.from_json(json.loads(ctx.spec.tokenizer))
   chars_per_token = len(tokenizer.decode(np.asarray(val_ids))) / len(val_ids)
   return dict(val_loss=loss, perplexity=math.exp(loss), bits_per_char=metrics.bits_per_char(loss, chars_per_token),
               chars_per_token=chars_per_token, val_windows=ctx.config.data.eval_examples)
+
+
+def text_sampler(generate, params, tokenizer, vocab_size: int, default_max_new_tokens: int):
+  """sampler(rng, num=1, prompt='', max_new_tokens, temperature=1.0, top_k=None, top_p=None) -> num texts: the
+  prompt and max_new_tokens sampled tokens (an empty prompt starts after a newline, which is left out).
+  `tokenizer()` gives the tokenizer (built on first use)."""
+
+  def sampler(rng, num: int = 1, prompt: str = '', max_new_tokens: int = default_max_new_tokens,
+              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, **options):
+    if options:
+      raise UserError(f'unknown sampler option(s) {sorted(options)} for the gpt family; it takes num, prompt, '
+                      'max_new_tokens, temperature, top_k, top_p')
+    is_int = lambda x, low: isinstance(x, (int, np.integer)) and x >= low
+    if not (is_int(num, 1) and is_int(max_new_tokens, 0) and (top_k is None or is_int(top_k, 1))):
+      raise UserError(f'num={num!r} and top_k={top_k!r} must be integers >= 1 and '
+                      f'max_new_tokens={max_new_tokens!r} an integer >= 0')
+    if not temperature > 0:
+      raise UserError(f'temperature={temperature} must be > 0 (for greedy decoding use top_k=1)')
+    if top_p is not None and not 0 < top_p <= 1:
+      raise UserError(f'top_p={top_p} must be in (0, 1]')
+    context = tokenizer().encode(prompt or '\n')
+    top_k = None if top_k is None or top_k >= vocab_size else int(top_k)   # as nanoGPT: clip
+    top_p = None if top_p == 1 else top_p
+    tokens = generate(params, context[None], int(max_new_tokens), temperature, top_k, top_p, rng,
+                      num_return_sequences=int(num))
+    tokens = np.asarray(tokens) if prompt else np.asarray(tokens)[:, len(context):]
+    return [tokenizer().decode(t) for t in tokens]
+
+  return sampler
+
+
+def pretrained_sampler(name_or_dir: str, dtype: str = 'float32', max_new_tokens: int = 200):
+  """The sampler (text_sampler) of a Hugging Face GPT-2 checkpoint, without a workdir: its parameters, shape and
+  tokenizer files (jaxgen.hf_gpt2)."""
+  folder = hf_gpt2.checkpoint_dir(name_or_dir)
+  hf = hf_gpt2.read_config(folder)
+  shape = hf_gpt2.model_shape(hf)
+  model = GPT(vocab_size=hf['vocab_size'], dtype=jnp.dtype(dtype), **shape)
+  params = jax.device_put(hf_gpt2.to_jaxgen(hf_gpt2.read_tensors(folder), hf))
+  tokenizer = tokenizers.pretrained(folder)
+  return text_sampler(make_generate(model), params, lambda: tokenizer, hf['vocab_size'], max_new_tokens)
 
 
 def build(config, spec) -> Family:
@@ -184,32 +226,19 @@ def build(config, spec) -> Family:
     del rng
     return {'loss': loss_fn(state.sampling_params(), batch['tokens'])}
 
+  def seed_state(state: TrainState) -> TrainState:
+    """Step 0 from the Hugging Face GPT-2 config.init_from: its parameters (positions cut to block_size), a fresh
+    optimizer state and EMA, laid out with the shardings of `state`; each device gets only its shards."""
+    pretrained = hf_gpt2.load_params(config.init_from, config.model.block_size)
+    hf_gpt2.check_like(pretrained, state.params, config.init_from)
+    params = jax.tree.map(lambda x, p: jax.make_array_from_callback(p.shape, p.sharding, lambda index: x[index]),
+                          pretrained, state.params)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return jax.jit(lambda p: TrainState.create(p, updater), out_shardings=shardings)(params)
+
   def make_sampler(state: TrainState):
-    params = state.sampling_params()
-
-    def sampler(rng, num: int = 1, prompt: str = '', max_new_tokens: int = config.sampling.max_new_tokens,
-                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, **options):
-      """num texts: the prompt and max_new_tokens sampled tokens; an empty prompt starts after a newline."""
-      if options:
-        raise UserError(f'unknown sampler option(s) {sorted(options)} for the gpt family; it takes num, prompt, '
-                        'max_new_tokens, temperature, top_k, top_p')
-      is_int = lambda x, low: isinstance(x, (int, np.integer)) and x >= low
-      if not (is_int(num, 1) and is_int(max_new_tokens, 0) and (top_k is None or is_int(top_k, 1))):
-        raise UserError(f'num={num!r} and top_k={top_k!r} must be integers >= 1 and '
-                        f'max_new_tokens={max_new_tokens!r} an integer >= 0')
-      if not temperature > 0:
-        raise UserError(f'temperature={temperature} must be > 0 (for greedy decoding use top_k=1)')
-      if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f'top_p={top_p} must be in (0, 1]')
-      context = tokenizer().encode(prompt or '\n')
-      top_k = None if top_k is None or top_k >= spec.vocab_size else int(top_k)   # as nanoGPT: clip
-      top_p = None if top_p == 1 else top_p
-      tokens = generate(params, context[None], int(max_new_tokens), temperature, top_k, top_p, rng,
-                        num_return_sequences=int(num))
-      tokens = np.asarray(tokens) if prompt else np.asarray(tokens)[:, len(context):]
-      return [tokenizer().decode(t) for t in tokens]
-
-    return sampler
+    return text_sampler(generate, state.sampling_params(), tokenizer, spec.vocab_size,
+                        config.sampling.max_new_tokens)
 
   sampling_options = dict(max_new_tokens=config.sampling.max_new_tokens, temperature=config.sampling.temperature,
                           top_k=config.sampling.top_k, top_p=config.sampling.top_p)
@@ -250,4 +279,4 @@ def build(config, spec) -> Family:
                 evaluators={'language_model': language_model_metrics,
                             'diversity': functools.partial(evaluators.text_diversity, **sampling_options)},
                 tokens_per_example=block, model_flops_per_example=lambda params: 6 * non_embedding_params(params) * block,
-                bench_sampler=bench_sampler)
+                bench_sampler=bench_sampler, seed_state=seed_state)

@@ -3,8 +3,8 @@
 DIR/checkpoints/<step>/{state,data}: the state as a sharded pytree (restorable onto any mesh), the data
 iterator through grain.checkpoint. Saves are async and atomic (Orbax writes to a tmp dir and renames).
 DIR/config.json is the config as given; DIR/spec.json the data spec its data source (or stage) derived.
+Local or gs://... workdirs: the JSON files, listings and moves go through jaxgen.files / etils.epath.
 """
-import glob
 import hashlib
 import json
 import os
@@ -16,7 +16,9 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from jaxgen import files
 from jaxgen.data import base
 from jaxgen.errors import UserError
 from jaxgen.train import sharding, state as train_state
@@ -32,8 +34,7 @@ def config_path(workdir: str) -> str:
 def _read_json(path: str, what: str):
   """The JSON in `path`; a damaged file (truncated, not UTF-8, not JSON, unreadable) is one UserError."""
   try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return json.loads(files.read_text(path))
   except (ValueError, OSError) as e:     # JSONDecodeError and UnicodeDecodeError are ValueErrors
     raise UserError(f'{path} cannot be read as JSON ({_first_line(e)}): the {what} is damaged; restore it from a '
                     'copy, or use a new --workdir') from None
@@ -41,7 +42,7 @@ def _read_json(path: str, what: str):
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = config_path(workdir)
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise UserError(f'{workdir} has no config.json: not a jaxgen workdir (train one with train.py --workdir)')
   plain = _read_json(path, 'run\'s config')
   missing = [k for k in ('family', 'batch_size', 'model', 'data') if not isinstance(plain, dict) or k not in plain]
@@ -66,7 +67,7 @@ def _flat(d, prefix=''):
 def check_config(workdir: str, config) -> None:
   """Refuse (reading only) if the workdir holds a run whose structural keys differ, or a damaged config.json."""
   new = _as_plain(config)
-  if os.path.exists(config_path(workdir)):
+  if files.exists(config_path(workdir)):
     old = _as_plain(load_config(workdir))
     old_flat, new_flat = dict(_flat(old)), dict(_flat(new))
     changed = sorted(k for k in old_flat.keys() | new_flat.keys()
@@ -89,15 +90,12 @@ def spec_path(workdir: str) -> str:
 
 
 def _write_atomic(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+  files.write_atomic(path, text)
 
 
 def load_spec(workdir: str) -> ml_collections.FrozenConfigDict:
   path = spec_path(workdir)
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise UserError(f'{workdir} has no spec.json: it was written by a jaxgen before data specs; retrain it in a '
                     'new --workdir (python train.py --config ... --workdir NEW)')
   plain = _read_json(path, 'run\'s data spec')
@@ -109,7 +107,7 @@ def load_spec(workdir: str) -> ml_collections.FrozenConfigDict:
 
 def check_spec(workdir: str, spec) -> None:
   """Refuse (reading only) if the workdir holds a run on other data (another vocabulary, image shape, ...)."""
-  if os.path.exists(spec_path(workdir)):
+  if files.exists(spec_path(workdir)):
     old, new = json.loads(base.spec_to_json(load_spec(workdir))), json.loads(base.spec_to_json(spec))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
@@ -171,7 +169,7 @@ def _restore_once(workdir: str, step: int, build):
 def restore_stage(workdir: str, step: int, expected_fingerprint: str | None, build):
   """restore_run of a stage a later run depends on, checked: the workdir and checkpoint exist and the
   state's fingerprint is the one recorded (when one is). Returns ((config, spec, family, state), fingerprint)."""
-  if not os.path.exists(config_path(workdir)):
+  if not files.exists(config_path(workdir)):
     raise UserError(f'the stage {workdir} this run depends on is missing: restore it, or train a new run '
                     '(--config.autoencoder_workdir=DIR names a trained one)')
   if step not in manager(workdir, read_only=True).all_steps():
@@ -195,14 +193,14 @@ def manager(workdir: str, keep: int | None = None, read_only: bool = False) -> o
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
       cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
+  return ocp.CheckpointManager(os.path.join(files.absolute(workdir), 'checkpoints'), options=options,
                                item_names=('state', 'data'))
 
 
 def finished_steps(workdir: str) -> list[int]:
   """The steps of the complete checkpoints in the workdir (what a resumed run may restore), ascending."""
-  directory = os.path.join(workdir, 'checkpoints')
-  return sorted(int(d) for d in (os.listdir(directory) if os.path.isdir(directory) else ()) if d.isdigit())
+  directory = epath.Path(workdir, 'checkpoints')
+  return sorted(int(d.name) for d in (directory.iterdir() if directory.is_dir() else ()) if d.name.isdigit())
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
@@ -216,7 +214,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterato
   items = dict(state=ocp.args.StandardRestore(abstract_state))
   positions = os.path.join(mngr.directory, str(step), 'data')
   own_position = os.path.join(positions, f'process_{jax.process_index()}-of-{jax.process_count()}.json')
-  if data_iterator is not None and os.path.exists(own_position):
+  if data_iterator is not None and files.exists(own_position):
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
@@ -226,11 +224,10 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterato
   if data_iterator is not None and 'data' not in items:
     # Written by another number of processes. Every process's position is the same (all read their rows
     # of the same global batches), so process 0's continues the run here.
-    written = glob.glob(os.path.join(positions, 'process_0-of-*.json'))
+    written = sorted(epath.Path(positions).glob('process_0-of-*.json'))
     if not written:
       raise UserError(f'checkpoint {step} holds no data-iterator position; use a new --workdir')
-    with open(written[0]) as f:
-      data_iterator.set_state(json.load(f))
+    data_iterator.set_state(json.loads(written[0].read_text()))
   return restored.state
 
 
@@ -253,7 +250,7 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, data_iter
     if bad_steps and jax.process_index() == 0:     # one process moves them; the others wait for it
       for bad in bad_steps:
         aside = os.path.join(mngr.directory, f'{bad}.corrupt')
-        os.replace(os.path.join(mngr.directory, str(bad)), aside)
+        epath.Path(mngr.directory, str(bad)).rename(aside)
         print(f'warning: checkpoint {bad} could not be restored ({_first_line(first_error)}); '
               f'moved it to {aside} and resumed from {step}', file=sys.stderr)
     if bad_steps:

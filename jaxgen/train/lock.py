@@ -10,6 +10,8 @@ replaced atomically, so a reader never sees a half-written file.
 
 The lock is re-entrant within a process (a run that trains its stages first, or the CLI and the trainer
 both holding it) and works on local file systems and on NFS (Linux emulates flock with POSIX locks there).
+A cloud store (a gs://... workdir) has no locks: such a workdir is not locked (a warning says so) and one
+writer per workdir is the user's to ensure.
 """
 import contextlib
 import errno
@@ -17,6 +19,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 
 from jaxgen.errors import UserError
@@ -82,6 +85,13 @@ def hold(workdir: str):
   """Hold the workdir's lock (process 0) for the block; a UserError naming the holder if another run has it.
   Every process of a multi-host job calls this together; the others learn whether process 0 got it."""
   import jax
+  from jaxgen import files
+  if not files.is_local(workdir):
+    if jax.process_index() == 0:
+      print(f'warning: {workdir} is not on a local file system, so it is not locked against a second train.py: '
+            'run one writer per workdir', file=sys.stderr)
+    yield
+    return
   workdir = os.path.abspath(workdir)
   path, refused = None, None
   if jax.process_index() == 0:

@@ -2,22 +2,26 @@
 
 Randomness: keys derive from (seed, step) only, and the data iterator's position is checkpointed, so a
 run resumed at any checkpoint equals an uninterrupted one bit for bit (same devices). Stages and data are
-resolved before (jaxgen.stages.train_and_evaluate); the trainer gets the Dataset.
+resolved before (jaxgen.stages.train_and_evaluate); the trainer gets the Dataset. A fresh run with
+config.init_from starts from the family's seed_state (a pretrained checkpoint) instead of its random init.
+
+The log (metrics.jsonl, TensorBoard, W&B) has steps/s and examples/s, tokens/s for language models and
+MFU = 6 N T tokens/s / peak FLOP/s of the devices where the family counts its model FLOPs and the device's
+peak is known (jaxgen.timing.PEAK_FLOPS; none for CPUs). config.profile_steps = (first, last) traces steps
+first..last with jax.profiler into DIR/plugins/profile (TensorBoard's Profile tab).
 """
 import errno
-import os
 import signal
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxgen import config as config_lib, data, families
+from jaxgen import config as config_lib, data, families, files, timing
 from jaxgen.errors import UserError
-from jaxgen.train import checkpointing, lock, sharding
+from jaxgen.train import checkpointing, lock, sharding, writers
 from jaxgen.train.state import abstract_state, create_state, run_keys
 from jaxgen.train.writers import RunWriter
 
@@ -106,10 +110,14 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
 
 
 class _Throughput:
-  """Steps/s and examples/s between log points, with compilation (the run's first step) left out."""
+  """Steps/s, examples/s, tokens/s (tokens_per_example given) and MFU (model FLOPs per example and the devices'
+  peak FLOP/s given) between log points, with compilation (the run's first step) left out."""
 
-  def __init__(self, step: int, batch_size: int):
+  def __init__(self, step: int, batch_size: int, tokens_per_example: int | None = None,
+               flops_per_example: float | None = None, peak_flops_per_s: float | None = None):
     self.batch_size, self.step, self.time, self.warm = batch_size, step, None, False
+    self.tokens_per_example, self.flops_per_example = tokens_per_example, flops_per_example
+    self.peak_flops_per_s = peak_flops_per_s
 
   def started(self, step: int, metrics) -> None:
     if not self.warm:
@@ -122,8 +130,38 @@ class _Throughput:
     if self.time is not None and step > self.step:
       steps_per_sec = (step - self.step) / (now - self.time)
       rates = dict(steps_per_sec=steps_per_sec, examples_per_sec=steps_per_sec * self.batch_size)
+      if self.tokens_per_example:
+        rates['tokens_per_sec'] = rates['examples_per_sec'] * self.tokens_per_example
+      if self.flops_per_example and self.peak_flops_per_s:
+        rates['mfu'] = rates['examples_per_sec'] * self.flops_per_example / self.peak_flops_per_s
     self.step, self.time = step, now
     return rates
+
+
+class _Profiler:
+  """jax.profiler.trace of steps first..last (config.profile_steps = (first, last), or (step,)) into
+  DIR/plugins/profile; no steps: nothing."""
+
+  def __init__(self, steps, workdir: str):
+    steps = tuple(steps or ())
+    self.first, self.last = (min(steps), max(steps)) if steps else (None, None)
+    self.workdir, self.on = workdir, False
+
+  def before(self, step: int) -> None:
+    """Called before step `step` (1-based, as logged) runs."""
+    if step == self.first and jax.process_index() == 0:
+      jax.profiler.start_trace(self.workdir)
+      self.on = True
+
+  def after(self, step: int, outputs) -> None:
+    if self.on and step >= self.last:
+      jax.block_until_ready(outputs)
+      self.stop()
+
+  def stop(self) -> None:
+    if self.on:
+      jax.profiler.stop_trace()
+      self.on = False
 
 
 def train(config, workdir: str, dataset: data.Dataset):
@@ -134,12 +172,16 @@ def train(config, workdir: str, dataset: data.Dataset):
   range (jaxgen.config.validate), a workdir that is a file, a mesh or batch size the devices cannot take, a
   model the family cannot build on this data, a workdir of another model or other data, damaged
   config.json / spec.json, and a workdir another run is training (jaxgen.train.lock)."""
-  workdir = os.path.abspath(workdir)
+  workdir = files.absolute(workdir)
   config_lib.validate(config, jax.device_count())
   lock.check_directory(workdir)
+  writers.check(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh)
   family = families.build(config, dataset.spec)
+  if config.get('init_from') and family.seed_state is None:
+    raise UserError(f'the {config.family} family cannot start from a pretrained checkpoint: unset '
+                    '--config.init_from')
   checkpointing.check_config(workdir, config)
   checkpointing.check_spec(workdir, dataset.spec)
   with lock.hold(workdir):
@@ -180,6 +222,9 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
   if mngr.latest_step() is not None:
     step, state = checkpointing.restore_newest_intact(mngr, abstract_state(family, mesh, config.seed), train_iter)
     print(f'resumed from {workdir}/checkpoints/{step}')
+  elif config.get('init_from'):
+    state = family.seed_state(state)
+    print(f'initialised from the pretrained {config.init_from}')
   if step >= config.num_train_steps:
     mngr.close()
     print(f'{workdir} is already trained to step {step} (num_train_steps={config.num_train_steps})')
@@ -189,8 +234,13 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
   eval_step = jit_eval_step(family, state_shardings, mesh)
   bsharding = sharding.batch_sharding(mesh)
   state_is_finite = jax.jit(all_finite)
-  writer = RunWriter(workdir, resume_step=step)   # rows past the restored step are dropped
-  throughput = _Throughput(step, config.batch_size)
+  writer = RunWriter(workdir, resume_step=step, config=config)   # rows past the restored step are dropped
+  peak = timing.peak_flops_per_device(jax.devices()[0])
+  throughput = _Throughput(
+      step, config.batch_size, family.tokens_per_example,
+      family.model_flops_per_example and family.model_flops_per_example(state.params),
+      peak and peak * jax.device_count())
+  profiler = _Profiler(config.get('profile_steps'), workdir)
   pending = []                                      # metrics (on device) since the last log
   bar = tqdm(initial=step, total=config.num_train_steps, disable=jax.process_index() != 0,
              dynamic_ncols=True, mininterval=1.0, unit='step')
@@ -209,9 +259,11 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
         local_batch = next(train_iter)              # this process's numpy share of the global batch
         if not pending:
           check_batch(family.batch_spec, local_batch, config.batch_size // jax.process_count())
+        profiler.before(step + 1)
         state, metrics = train_step(state, sharding.global_batch(local_batch, bsharding),
                                     jax.random.fold_in(keys['train'], step))
         step += 1
+        profiler.after(step, metrics)
         bar.update(1)
         throughput.started(step, metrics)
         pending.append(metrics)
@@ -225,7 +277,8 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
             check_finite(step, means)
           means.update(throughput.rates(step))
           writer.scalars(step, means)
-          bar.set_postfix(loss=f"{means['loss']:.4f}", ex_per_s=f"{means.get('examples_per_sec', 0):.0f}")
+          bar.set_postfix(loss=f"{means['loss']:.4f}", ex_per_s=f"{means.get('examples_per_sec', 0):.0f}",
+                          **{k: f'{means[k]:.3g}' for k in ('tokens_per_sec', 'mfu') if k in means})
           pending = []
         if step % config.eval_every_steps == 0 or step == config.num_train_steps:
           eval_metrics = evaluate(eval_step, state, config, dataset.eval_batches(), mesh,
@@ -242,6 +295,7 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
       if stop.signal is not None and saved[-1:] != [step]:   # the signal came after this step's checks
         save(step)
   finally:
+    profiler.stop()
     try:
       mngr.wait_until_finished()    # an in-flight save of a good state completes even when stopping on errors
       mngr.close()
