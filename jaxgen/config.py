@@ -118,11 +118,13 @@ _RANGES = (
     (lambda k: k == 'ema_decay', 0.0, 1.0, True, False),
     (lambda k: k == 'top_p', 0.0, 1.0, False, True),
     (lambda k: k in ('learning_rate', 'batch_size', 'num_train_steps', 'keep_checkpoints', 'grad_accum_steps',
-                     'eval_examples') or k.endswith('_every_steps'), 0.0, None, False, False),
+                     'eval_examples', 'r1_every', 'pl_every', 'pl_batch_shrink') or k.endswith('_every_steps'),
+     0.0, None, False, False),
     (lambda k: k in ('dropout', 'eta', 'min_lr_ratio') or k.endswith(('_dropout', '_rate', '_prob', '_probability'))
      or k.startswith('p_'), 0.0, 1.0, True, True),
     (lambda k: k in ('warmup_steps', 'weight_decay', 'grad_clip', 'num_workers', 'prefetch', 'free_bits',
-                     'num_preview'), 0.0, None, True, False),
+                     'num_preview', 'r1_gamma', 'pl_weight', 'pl_decay', 'ema_kimg', 'ema_rampup', 'center_crop',
+                     'image_size'), 0.0, None, True, False),
 )
 
 

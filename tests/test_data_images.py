@@ -275,3 +275,95 @@ def test_pipeline_runs_on_mock_datas_default_source(tmp_path):
     batch = next(images.train_iterator(config))
   assert batch['image'].shape == (8, 28, 28, 1) and batch['image'].dtype == np.float32
   assert -1 <= batch['image'].min() and batch['image'].max() <= 1 and batch['label'].dtype == np.int32
+
+
+# ------------------------------------------------------------------------------------------------- CelebA
+
+CELEB_A = {'train': 12, 'validation': 4, 'test': 8}
+
+
+def _face(i):
+  """A 218x178x3 stand-in for CelebA's aligned faces: the central 148x148 square (rows 35..182, columns
+  15..162) is a flat colour from i, the rest black."""
+  image = np.zeros((218, 178, 3), np.uint8)
+  image[35:183, 15:163] = (10 * i % 256, 255 - i, 100)
+  return image
+
+
+class Faces:
+  """CelebA-like source: example i = {'image': _face(offset + i), 'attributes': ...} and no label."""
+
+  def __init__(self, n, offset=0):
+    self.n, self.offset = n, offset
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return {'image': _face(self.offset + int(i)), 'attributes': {'Smiling': bool(i % 2)}}
+
+  def __getitems__(self, keys):
+    return [self[k] for k in keys]
+
+
+@pytest.fixture
+def celeb_a(tmp_path):
+  c = base_config()
+  c.batch_size, c.data.eval_examples = 4, 8
+  c.data.name, c.data.center_crop, c.data.image_size = 'celeb_a', 148, 64
+  c.data.data_dir = str(tmp_path / 'tfds')
+  as_source = lambda builder, split, **kwargs: Faces(CELEB_A[str(split)], offset=100 if split == 'test' else 0)
+  with tfds.testing.mock_data(as_data_source_fn=as_source):
+    yield c
+
+
+def test_celeb_a_is_center_cropped_to_148_and_resized_to_64_without_labels(celeb_a):
+  spec = images.synthetic_spec(celeb_a)
+  assert spec.image_shape == (64, 64, 3) and spec.num_classes == 0
+  assert 'image_shape' not in celeb_a.data                           # derived, not written to the config
+  batch = next(images.train_iterator(celeb_a))
+  assert set(batch) == {'image'} and batch['image'].shape == (4, 64, 64, 3) and batch['image'].dtype == np.float32
+  # the crop is exactly the coloured square: any black border would darken the resized edges
+  for i, image in zip(range(100, 104), next(iter(images.eval_batches(celeb_a)))['image']):
+    expected = np.float32(-1 + np.array(_face(i)[100, 80], np.float64) / 255 * 2)
+    np.testing.assert_allclose(image, np.broadcast_to(expected, (64, 64, 3)), atol=1e-6)
+
+
+def test_center_crop_resize_is_pils_bilinear_resize_of_the_central_square():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)
+  from PIL import Image
+  expected = np.asarray(Image.fromarray(image[35:183, 15:163]).resize((64, 64), Image.Resampling.BILINEAR))
+  np.testing.assert_array_equal(images.center_crop_resize(image, 148, 64), expected)
+  np.testing.assert_array_equal(images.center_crop_resize(image, 0, 0), image)
+  gray = image[..., :1]
+  assert images.center_crop_resize(gray, 100, 32).shape == (32, 32, 1)
+
+
+def test_a_crop_larger_than_the_images_is_a_user_error(celeb_a):
+  celeb_a.data.center_crop = 200
+  with pytest.raises(UserError, match='data.center_crop=200 is larger than the 218x178 images'):
+    images.synthetic_spec(celeb_a)
+
+
+def test_offline_celeb_a_is_prepared_by_tfds_from_the_downloads_in_manual_dir(tmp_path, monkeypatch, capsys):
+  config = base_config()
+  config.data.name, config.data.data_dir = 'celeb_a', str(tmp_path / 'tfds')
+  config.data.manual_dir = str(tmp_path / 'manual')
+  _offline(monkeypatch)
+  with pytest.raises(UserError, match=r'--config.data.manual_dir=DIR holding its downloads \(identity_CelebA.txt, '
+                                      r'img_align_celeba.zip, .*list_landmarks_align_celeba.txt\)') as error:
+    images.prepare(config)                                            # manual_dir empty: one line naming the files
+  assert '\n' not in str(error.value)
+  (tmp_path / 'manual').mkdir()
+  for name in ('img_align_celeba.zip', 'list_eval_partition.txt', 'list_attr_celeba.txt',
+               'list_landmarks_align_celeba.txt', 'identity_CelebA.txt'):
+    (tmp_path / 'manual' / name).write_bytes(b'')
+  calls = []
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', lambda self, **kw: calls.append(kw))
+  images.prepare(config)
+  assert capsys.readouterr().out.startswith(f'jaxgen: no network; preparing celeb_a from the local files in {tmp_path}/manual')
+  (kwargs,) = calls
+  assert kwargs['file_format'] == 'array_record'
+  assert str(kwargs['download_config'].manual_dir) == config.data.manual_dir
+  assert kwargs['download_config'].try_download_gcs is False

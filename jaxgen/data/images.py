@@ -1,7 +1,8 @@
-"""Image datasets (data.modality=image: fashion_mnist, mnist, cifar10, any TFDS dataset with an image and a
-label feature): TFDS ArrayRecord files read through Grain.
+"""Image datasets (data.modality=image: fashion_mnist, mnist, cifar10, celeb_a, any TFDS dataset with an image
+feature and optionally a label): TFDS ArrayRecord files read through Grain.
 
-Spec: modality='image', name, image_shape (H, W, C), num_classes.
+Spec: modality='image', name, image_shape (H, W, C) after data.center_crop / data.image_size, num_classes
+(0 without labels; the batches then have no 'label').
 
 Training order: a fresh permutation of the split per epoch (shuffle, then repeat), deterministic in
 config.seed, cut into global batches, with the iterator position checkpointable (get_state / set_state).
@@ -23,6 +24,7 @@ import grain
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+from PIL import Image
 import requests
 import tensorflow_datasets as tfds
 
@@ -36,21 +38,41 @@ def load(config, workdir: str) -> base.Dataset:
   """Prepares the dataset as ArrayRecord in data.data_dir if needed; its spec and iterators."""
   del workdir
   builder = prepare(config)
-  return base.Dataset(_spec(config.data.name, builder.info.features), lambda: train_iterator(config),
+  return base.Dataset(_spec(config, builder.info.features), lambda: train_iterator(config),
                       lambda: eval_batches(config))
 
 
 def synthetic_spec(config):
   """From the TFDS builder's feature declaration: no download."""
-  return _spec(config.data.name, tfds.builder(config.data.name, data_dir=config.data.data_dir).info.features)
+  return _spec(config, tfds.builder(config.data.name, data_dir=config.data.data_dir).info.features)
 
 
-def _spec(name, features):
-  if 'image' not in features or 'label' not in features:
-    raise UserError(f'TFDS dataset {name} has no image and label features (it has {sorted(features)}); '
-                    'data.modality=image reads image classification datasets')
-  return base.make_spec(modality='image', name=name, image_shape=tuple(features['image'].shape),
-                        num_classes=features['label'].num_classes)
+def _crop_and_size(config) -> tuple[int, int]:
+  """(data.center_crop, data.image_size): the side of the central square kept and the side it is resized to
+  (0: keep the image / its size); keys a config may leave out."""
+  crop, size = config.data.get('center_crop', 0), config.data.get('image_size', 0)
+  for key, value in (('center_crop', crop), ('image_size', size)):
+    if not isinstance(value, int) or value < 0:
+      raise UserError(f'data.{key}={value!r} must be a non-negative integer (0: off; set --config.data.{key})')
+  return crop, size
+
+
+def _spec(config, features):
+  """Labels are optional (celeb_a has none: num_classes 0); image_shape is after the crop and resize."""
+  name = config.data.name
+  if 'image' not in features:
+    raise UserError(f'TFDS dataset {name} has no image feature (it has {sorted(features)}); '
+                    'data.modality=image reads image datasets')
+  h, w, c = features['image'].shape
+  crop, size = _crop_and_size(config)
+  if crop > min(h, w):
+    raise UserError(f'data.center_crop={crop} is larger than the {h}x{w} images of {name}; use at most {min(h, w)}')
+  if crop:
+    h = w = crop
+  if size:
+    h = w = size
+  num_classes = features['label'].num_classes if 'label' in features else 0
+  return base.make_spec(modality='image', name=name, image_shape=(h, w, c), num_classes=num_classes)
 
 
 def prepare(config):
@@ -100,8 +122,9 @@ def _prepare(config, builder) -> None:
                     '(or point --config.data.data_dir at a prepared copy)')
   if _online(builder):
     try:
+      reads_local_files = bool(builder.MANUAL_DOWNLOAD_INSTRUCTIONS)   # e.g. jaxgen_notes' SoundFont
       builder.download_and_prepare(file_format='array_record', download_config=tfds.download.DownloadConfig(
-          manual_dir=config.data.manual_dir))   # builders that read local files (e.g. jaxgen_notes) look there
+          manual_dir=config.data.manual_dir if reads_local_files else None))
       return
     except (requests.ConnectionError, requests.Timeout):
       pass  # no network after all: fall back to local files
@@ -111,11 +134,22 @@ def _prepare(config, builder) -> None:
     print(f'jaxgen: no network; preparing fashion_mnist from the local files in {manual_dir}')
     local_fashion_mnist.prepare(config.data.data_dir, manual_dir)
     return
-  offline = (f'offline, `apt-get install dataset-fashion-mnist` or --config.data.manual_dir=DIR holding '
-             f'{", ".join(local_fashion_mnist.FILES["train"] + local_fashion_mnist.FILES["test"])}'
-             if name == 'fashion_mnist' else
-             f'offline, run `tfds build {name} --file_format=array_record` where there is network and copy '
-             f'its data dir here (--config.data.data_dir=DIR)')
+  # Other TFDS builders take their downloads from manual_dir when every file is there under its own name
+  # (e.g. celeb_a's img_align_celeba.zip, list_eval_partition.txt, ...): TFDS still checks their checksums.
+  downloads = sorted({info.filename for info in (builder.url_infos or {}).values() if info.filename})
+  if name != 'fashion_mnist' and config.data.manual_dir and downloads and all(
+      os.path.exists(os.path.join(config.data.manual_dir, f)) for f in downloads):
+    print(f'jaxgen: no network; preparing {name} from the local files in {config.data.manual_dir}')
+    builder.download_and_prepare(file_format='array_record', download_config=tfds.download.DownloadConfig(
+        manual_dir=config.data.manual_dir, try_download_gcs=False))
+    return
+  if name == 'fashion_mnist':
+    offline = (f'offline, `apt-get install dataset-fashion-mnist` or --config.data.manual_dir=DIR holding '
+               f'{", ".join(local_fashion_mnist.FILES["train"] + local_fashion_mnist.FILES["test"])}')
+  else:
+    local = f'--config.data.manual_dir=DIR holding its downloads ({", ".join(downloads)}), or ' if downloads else ''
+    offline = (f'offline, {local}run `tfds build {name} --file_format=array_record` where there is network and '
+               f'copy its data dir here (--config.data.data_dir=DIR)')
   raise UserError(f'{name} is not prepared in {builder.data_dir_root} and cannot be downloaded (no network): '
                   f'connect to the internet and rerun, or {offline}')
 
@@ -147,12 +181,26 @@ def _reachable(host: str, port: int) -> bool:
   return bool(ok)
 
 
+def center_crop_resize(image: np.ndarray, crop: int, size: int) -> np.ndarray:
+  """uint8 (H, W, C) -> its central crop x crop square (0: all of it), resized to size x size (0: as it is)
+  with PIL's antialiased bilinear filter (CelebA 64x64: 178x218 -> central 148 -> 64)."""
+  if crop:
+    top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+    image = image[top:top + crop, left:left + crop]
+  if size and image.shape[:2] != (size, size):
+    resized = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).resize(
+        (size, size), Image.Resampling.BILINEAR)
+    image = np.asarray(resized).reshape(size, size, image.shape[-1])
+  return image
+
+
 class ReadBatch(grain.transforms.Map):
   """Indices (B,) -> one batched read of those examples from a TFDS data source, decoded and stacked:
-  {'image': float32 (B, H, W, C) = lo + x / 255 * (hi - lo) for uint8 pixels x, 'label': int32 (B,)}."""
+  {'image': float32 (B, H, W, C) = lo + x / 255 * (hi - lo) for uint8 pixels x (center-cropped and resized
+  first where crop / size are set), 'label': int32 (B,) (where the dataset has labels)}."""
 
-  def __init__(self, source, pixel_range):
-    self.source = source
+  def __init__(self, source, pixel_range, crop: int = 0, size: int = 0, labels: bool = True):
+    self.source, self.crop, self.size, self.labels = source, crop, size, labels
     lo, hi = pixel_range
     self.table = (lo + np.arange(256) / 255 * (hi - lo)).astype(np.float32)  # rounded once, from float64
 
@@ -162,9 +210,10 @@ class ReadBatch(grain.transforms.Map):
       examples = self.source.__getitems__(keys)  # one ArrayRecord read for the batch: ~10x faster than one by one
     except TypeError:  # a source without a working batched read, e.g. tfds.testing.mock_data's
       examples = [self.source[k] for k in keys]
-    image = np.stack([e['image'] for e in examples])  # uint8 (B, H, W, C)
-    label = np.array([e['label'] for e in examples], np.int32)
-    return {'image': self.table[image], 'label': label}
+    image = np.stack([center_crop_resize(e['image'], self.crop, self.size) for e in examples])  # uint8 (B, H, W, C)
+    if not self.labels:
+      return {'image': self.table[image]}
+    return {'image': self.table[image], 'label': np.array([e['label'] for e in examples], np.int32)}
 
 
 def _source(config, split: str):
@@ -178,7 +227,8 @@ def _read_options(config) -> grain.ReadOptions:
 
 
 def _read_images(config, source) -> grain.transforms.Map:
-  return ReadBatch(source, config.data.pixel_range)
+  features = tfds.builder(config.data.name, data_dir=config.data.data_dir).info.features
+  return ReadBatch(source, config.data.pixel_range, *_crop_and_size(config), labels='label' in features)
 
 
 def train_iterator(config, read=_read_images) -> grain.DatasetIterator:
