@@ -33,16 +33,16 @@ def get_config(preset: str = 'default') -> ml_collections.ConfigDict:
   m.p_uncond = 0.1
   m.random_flip = False
   m.row_coordinate = True            # the UNet sees each mel row's position: where a harmonic sits is its pitch
-  m.beta_schedule = 'cosine'
+  m.harmonic_profile = True          # ... and the mel rows of the requested pitch's harmonics, as a channel
   c.sampling.steps = 50
   c.sampling.guidance = 2.0
   c.sampling.griffin_lim_iters = 64  # phase reconstruction iterations in the sampler
   set_schedule(c, 100_000, log=100, eval=5_000, checkpoint=5_000, sample=5_000)
 
   def cpu(c):
-    c.batch_size = 32
+    c.batch_size = 16
     c.learning_rate = 1e-3
-    set_schedule(c, 1_000, log=50, eval=500, checkpoint=500, sample=250)
+    set_schedule(c, 1_200, log=50, eval=600, checkpoint=400, sample=400)
     c.optim.warmup_steps = 100
     c.optim.ema_decay = 0.995
     m.ch = 16

@@ -126,6 +126,22 @@ def to_waveform(x: jax.Array, p: MelParams, iters: int = 64) -> jax.Array:
   return jnp.clip(griffin_lim(mel_to_linear(m, p), p, iters), -1.0, 1.0)
 
 
+def harmonic_profiles(p: MelParams, num_pitches: int = 128, harmonics: int = 24, width: float = 0.75) -> np.ndarray:
+  """(num_pitches + 1, n_mels) float32: row r of pitch m is max_k exp(-(r - r_k)^2 / (2 width^2)) over its
+  harmonics k f0 < fmax, f0 = 440 * 2^((m - 69) / 12), r_k the (fractional) mel row of k f0 on the filters'
+  centre frequencies; the last row (the null label of classifier-free guidance) is 0."""
+  import librosa
+  centres = librosa.mel_frequencies(p.n_mels + 2, fmin=p.fmin, fmax=p.fmax)[1:-1]
+  rows = np.arange(p.n_mels)
+  out = np.zeros((num_pitches + 1, p.n_mels), np.float32)
+  for m in range(num_pitches):
+    f = 440.0 * 2 ** ((m - 69) / 12) * np.arange(1, harmonics + 1)
+    r = np.interp(f[f < p.fmax], centres, rows, left=-10.0, right=p.n_mels + 10.0)
+    if len(r):
+      out[m] = np.max(np.exp(-np.square(rows[None] - r[:, None]) / (2 * width**2)), axis=0)
+  return out
+
+
 def params_of(spec) -> MelParams:
   """The MelParams recorded in an audio data spec (jaxgen.data.audio)."""
   return MelParams(**dict(spec.mel))

@@ -3,7 +3,8 @@
 The DDPM family's math, EMA, samplers and classifier-free guidance (jaxgen.families.ddpm.diffusion_family)
 with a UNet on log-mel images x0 = log_mel(y) (B, n_mels, frames, 1) in [-1, 1] (jaxgen.data.mel), computed
 inside the jitted step from the batch's waveforms y; the label is the MIDI pitch (128 classes + the null
-label). Samples go back to waveforms inside the sampler's jit: mel -> linear magnitude (NNLS) -> Griffin-Lim.
+label), embedded as a class and (model.harmonic_profile) drawn as an input channel marking the mel rows of its
+harmonics, so the denoiser is told where the pitch's partials go rather than having to learn it per class. Samples go back to waveforms inside the sampler's jit: mel -> linear magnitude (NNLS) -> Griffin-Lim.
 
 Sampler: sampler(rng, num, label=PITCH (int or (num,) MIDI pitches; default cycles data.pitch_range),
 guidance=w, steps=S, ...) -> float32 (num, samples) in [-1, 1]; sampler(rng, melody=[60, 62, 64], note_s=0.5)
@@ -46,6 +47,10 @@ def crossfade_join(notes: jax.Array, note_samples: int, fade_samples: int) -> ja
   return out.at[idx.reshape(-1)].add(segments.reshape(-1))[None]
 
 
+def _profiles(p: mel.MelParams, num_classes: int) -> tuple:
+  return tuple(map(tuple, mel.harmonic_profiles(p, num_classes).tolist()))
+
+
 def build(config, spec) -> Family:
   """DDPM on the spec's log-mel images; the batch carries waveforms, the sampler returns waveforms."""
   mc, p = config.model, mel.params_of(spec)
@@ -59,7 +64,8 @@ def build(config, spec) -> Family:
   model = UNet(out_channels=1, ch=mc.ch, ch_mult=tuple(mc.ch_mult), num_res_blocks=mc.num_res_blocks,
                attn_resolutions=tuple(mc.attn_resolutions), dropout=mc.dropout, num_heads=mc.num_heads,
                norm_groups=mc.norm_groups, num_classes=mc.num_classes,
-               row_coordinate=mc.get('row_coordinate', False), dtype=jnp.dtype(mc.dtype))
+               row_coordinate=mc.get('row_coordinate', False), dtype=jnp.dtype(mc.dtype),
+               row_profiles=_profiles(p, spec.num_classes) if mc.num_classes and mc.get('harmonic_profile') else None)
   batch_spec = {'audio': Feature((spec.num_samples,), np.float32, -1.0, 1.0),
                 'label': Feature((), np.int32, *spec.pitch_range)}
   gl_iters = config.sampling.griffin_lim_iters

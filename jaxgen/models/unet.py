@@ -93,6 +93,8 @@ class UNet(nn.Module):
   num_classes: int = 0          # > 0: class-conditional; label == num_classes is the null label
   row_coordinate: bool = False  # True: a channel of each row's position in [-1, 1] joins x (convolutions are
                                 # shift-equivariant; on a spectrogram's mel axis the row *is* the pitch)
+  row_profiles: Any = None      # (num_classes + 1) x H nested tuples: the label's row profile joins x as a
+                                # channel (spectrograms: the mel rows of the pitch's harmonics; null label: 0)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -109,6 +111,10 @@ class UNet(nn.Module):
     if self.row_coordinate:
       rows = jnp.broadcast_to(jnp.linspace(-1.0, 1.0, x.shape[1])[None, :, None, None], (*x.shape[:-1], 1))
       x = jnp.concatenate([x, rows.astype(x.dtype)], axis=-1)                  # (B, H, W, C + 1)
+    if self.row_profiles is not None:
+      profile = jnp.asarray(self.row_profiles, jnp.float32)[label]              # (B, H)
+      profile = jnp.broadcast_to(profile[:, :, None, None], (*x.shape[:-1], 1))
+      x = jnp.concatenate([x, profile.astype(x.dtype)], axis=-1)
     h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
     hs = [h]
     for level, mult in enumerate(self.ch_mult):
