@@ -213,6 +213,7 @@ def test_smoke_run_writes_wav_previews_and_resumes_bit_exactly(tmp_path, cli):
   assert proc.returncode == 2 and 'melody' in proc.stderr
 
 
+@pytest.mark.slow   # ~60 s: trains, evaluates and samples twice
 def test_note_quality_reports_pitch_accuracy_and_fd_with_their_floors_and_caches_the_classifier(
     tmp_path, monkeypatch):
   from jaxgen import eval as eval_lib, evaluators
