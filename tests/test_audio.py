@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgen import data, stages
+from jaxgen import data
 from jaxgen.data import mel, notes
 from jaxgen.errors import UserError
 from jaxgen.families import ddpm_audio
 from tests.support.mock_tfds import mock_images
+from tests.support.runs import straight_and_resumed, train
 from tests.test_ddpm import random_state
 from tests.test_gan import assert_trees_equal
 
@@ -186,18 +187,8 @@ def test_model_classes_other_than_midi_are_refused(smoke_family):
     ddpm_audio.build(config, spec)
 
 
-def _train(workdir, steps, data_dir):
-  config = smoke_config()
-  config.num_train_steps = steps
-  config.data.data_dir = str(data_dir)
-  with mock_images():
-    return stages.train_and_evaluate(config, str(workdir))
-
-
 def test_smoke_run_writes_wav_previews_and_resumes_bit_exactly(tmp_path, cli):
-  straight = _train(tmp_path / 'straight', 4, tmp_path / 'tfds')
-  _train(tmp_path / 'resumed', 2, tmp_path / 'tfds')
-  resumed = _train(tmp_path / 'resumed', 4, tmp_path / 'tfds')
+  straight, resumed = straight_and_resumed(smoke_config, tmp_path, 4, 2)
   assert_trees_equal(straight, resumed)
   samples_dir = tmp_path / 'straight' / 'samples'
   assert (samples_dir / 'step_000004.wav').exists() and (samples_dir / 'step_000004.png').exists()
@@ -217,7 +208,7 @@ def test_smoke_run_writes_wav_previews_and_resumes_bit_exactly(tmp_path, cli):
 def test_note_quality_reports_pitch_accuracy_and_fd_with_their_floors_and_caches_the_classifier(
     tmp_path, monkeypatch):
   from jaxgen import eval as eval_lib, evaluators
-  _train(tmp_path / 'run', 2, tmp_path / 'tfds')
+  train(smoke_config, tmp_path, tmp_path / 'run', 2)
   monkeypatch.setattr(ddpm_audio, 'CLASSIFIER_STEPS', 30)
   options = dict(cache_dir=str(tmp_path / 'classifiers'), sampler_options={'steps': 2})
   with mock_images():

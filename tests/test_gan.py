@@ -15,9 +15,8 @@ from configs import gan_fashion_mnist
 from jaxgen.errors import UserError
 from jaxgen.families import gan
 from jaxgen.models.dcgan import ConvTranspose2x, Discriminator, Generator
-from jaxgen import stages
 from tests.support import specs
-from tests.support.mock_tfds import mock_images
+from tests.support.runs import straight_and_resumed
 
 def smoke_config(**overrides):
   config = gan_fashion_mnist.get_config('smoke')
@@ -313,16 +312,7 @@ def test_config_presets():
 
 
 def test_conditional_smoke_run_writes_checkpoints_and_grid_and_resumes_bit_exactly(tmp_path):
-  def train(workdir, steps):
-    config = smoke_config(**{'model.conditional': True})
-    config.num_train_steps = steps
-    config.data.data_dir = str(tmp_path / 'tfds')
-    with mock_images():
-      return stages.train_and_evaluate(config, str(workdir))
-
-  straight = train(tmp_path / 'straight', 6)
-  train(tmp_path / 'resumed', 3)
-  resumed = train(tmp_path / 'resumed', 6)
+  straight, resumed = straight_and_resumed(lambda: smoke_config(**{'model.conditional': True}), tmp_path, 6, 3)
   assert sorted(os.listdir(tmp_path / 'resumed' / 'checkpoints')) == ['3', '6']
   assert os.path.exists(tmp_path / 'resumed' / 'samples' / 'step_000006.png')
   assert_trees_equal(straight, resumed)                          # params, BN stats, both Adam states, EMA

@@ -427,19 +427,8 @@ def test_celeba64_configs_train_on_unlabelled_64x64_faces(name, tmp_path):
 
 @pytest.mark.slow  # ~1-2 min on 2 CPU cores: three smoke runs and two sample.py processes
 def test_smoke_run_writes_checkpoints_and_grid_resumes_bit_exactly_and_samples(tmp_path, cli):
-  from jaxgen import stages
-  from tests.support.mock_tfds import mock_images
-
-  def train(workdir, steps):
-    config = smoke_config()
-    config.num_train_steps = steps
-    config.data.data_dir = str(tmp_path / 'tfds')
-    with mock_images():
-      return stages.train_and_evaluate(config, str(workdir))
-
-  straight = train(tmp_path / 'straight', 6)
-  train(tmp_path / 'resumed', 3)
-  resumed = train(tmp_path / 'resumed', 6)
+  from tests.support.runs import straight_and_resumed
+  straight, resumed = straight_and_resumed(smoke_config, tmp_path, 6, 3)
   assert sorted(os.listdir(tmp_path / 'resumed' / 'checkpoints')) == ['3', '6']
   assert os.path.exists(tmp_path / 'resumed' / 'samples' / 'step_000006.png')
   jax.tree.map(np.testing.assert_array_equal, straight, resumed)   # params, w_avg, pl_mean, Adam states, EMA
