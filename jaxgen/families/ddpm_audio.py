@@ -178,7 +178,8 @@ def note_quality(ctx: evaluators.Context) -> dict:
   test = {k: v[np.isin(test['label'], pitches)] for k, v in test.items()}
   train_f, _ = classify(train['audio'], batch)
   test_f, test_p = classify(test['audio'], batch)
-  inverted = np.concatenate([np.asarray(jax.jit(lambda y: mel.to_waveform(mel.log_mel(y, p), p))(test['audio'][i:i + batch]))
+  invert = jax.jit(lambda y: mel.to_waveform(mel.log_mel(y, p), p))      # one compiled function for all batches
+  inverted = np.concatenate([np.asarray(invert(test['audio'][i:i + batch]))
                              for i in range(0, len(test['label']), batch)])
   _, inverted_p = classify(inverted, batch)
   labels = pitches[np.arange(num) % len(pitches)]
