@@ -119,15 +119,23 @@ def _model(dataset: str, num_classes: int = 10):
   return Classifier(num_classes=num_classes, **CLASSIFIERS[dataset][1])
 
 
-def fit_classifier(model, example, batches, num_steps: int, seed: int = 0, inputs=lambda batch: batch['image']):
-  """Params of `model` (x -> (logits, features)) fitted to batch['label'] by softmax cross-entropy on
-  inputs(batch), over num_steps batches of the iterator `batches` (AdamW 1e-3, cosine decay, weight decay 1e-4);
-  `example` is one input (1, ...) for init. inputs runs inside the jitted step (e.g. waveforms -> log-mel)."""
+def label_loss(logits, batch):
+  """Mean softmax cross-entropy of logits (B, K) for the classes batch['label'] (B,)."""
+  import optax
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+
+
+def fit_classifier(model, example, batches, num_steps: int, seed: int = 0, inputs=lambda batch: batch['image'],
+                   criterion=label_loss, learning_rate: float = 1e-3):
+  """Params of `model` (x -> (logits, features)) minimising criterion(logits of inputs(batch), batch) (default:
+  softmax cross-entropy to batch['label']), over num_steps batches of the iterator `batches` (AdamW, cosine decay
+  from learning_rate, weight decay 1e-4); `example` is one input (1, ...) for init. inputs and criterion run inside
+  the jitted step (e.g. waveforms -> log-mel)."""
   import optax
   from jaxgen.train import optim
   hparams = base_config().optim
   hparams.schedule, hparams.weight_decay, hparams.warmup_steps = 'cosine', 1e-4, min(100, num_steps // 10)
-  tx = optim.make_optimizer(1e-3, hparams, num_steps)
+  tx = optim.make_optimizer(learning_rate, hparams, num_steps)
   params = jax.jit(model.init)(jax.random.key(seed), example)['params']
   opt_state = tx.init(params)
 
@@ -135,7 +143,7 @@ def fit_classifier(model, example, batches, num_steps: int, seed: int = 0, input
   def train_step(params, opt_state, batch):
     def loss_fn(params):
       logits, _ = model.apply({'params': params}, inputs(batch))
-      return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      return criterion(logits, batch)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss

@@ -11,8 +11,8 @@ from absl import app, flags
 from jaxgen import cli
 
 FLAGS = flags.FLAGS
-FAMILY_OPTIONS = ('num', 'steps', 'sampler', 'eta', 'label', 'guidance', 'prompt', 'max_new_tokens',
-                  'temperature', 'top_k', 'top_p', 'iterative', 'melody', 'truncation', 'mix')
+FAMILY_OPTIONS = ('num', 'steps', 'sampler', 'eta', 'label', 'guidance', 'prompt', 'negative_prompt',
+                  'max_new_tokens', 'temperature', 'top_k', 'top_p', 'iterative', 'melody', 'truncation', 'mix')
 
 
 def define_flags() -> None:
@@ -29,15 +29,17 @@ def define_flags() -> None:
   flags.DEFINE_enum('sampler', None, ['ancestral', 'ddim'], 'diffusion sampler')
   flags.DEFINE_float('eta', None, 'DDIM eta in [0, 1]')
   flags.DEFINE_integer('label', None, 'class label for conditional models (audio: the MIDI pitch)')
-  flags.DEFINE_float('guidance', None, 'classifier-free guidance weight w')
+  flags.DEFINE_float('guidance', None, 'classifier-free guidance weight w (text-to-image: SD\'s scale, 1 = none)')
   # StyleGAN2
   flags.DEFINE_float('truncation', None, 'StyleGAN2: truncation psi (1: none, 0: every sample at w_avg)')
   flags.DEFINE_bool('mix', None, 'StyleGAN2: one style-mixing grid (coarse styles from the rows, fine from the '
                     'columns) of --num sources each way')
   # audio
   flags.DEFINE_string('melody', None, 'audio: MIDI pitches P1,P2,... sampled one note each and joined with crossfades')
-  # GPT
-  flags.DEFINE_string('prompt', None, 'GPT prompt text')
+  # GPT, text-to-image
+  flags.DEFINE_string('prompt', None, 'GPT prompt text; text-to-image: the prompt of every image')
+  flags.DEFINE_string('negative_prompt', None, 'text-to-image: what guidance steers away from (default: the empty '
+                      'prompt)')
   flags.DEFINE_integer('max_new_tokens', None, 'GPT tokens to generate')
   flags.DEFINE_float('temperature', None, 'GPT sampling temperature')
   flags.DEFINE_integer('top_k', None, 'GPT top-k filtering')

@@ -136,7 +136,7 @@ def test_unknown_modality_is_a_user_error():
   from jaxgen.config import base_config
   config = base_config()
   config.data.modality = 'smell'
-  with pytest.raises(UserError, match=r"unknown data.modality 'smell'; choose one of \['audio', 'image', 'sentences', 'text'\]"):
+  with pytest.raises(UserError, match=r"unknown data.modality 'smell'; choose one of \['audio', 'captioned', 'image', 'sentences', 'text'\]"):
     data.load(config, '/unused')
 
 

@@ -20,7 +20,7 @@ from jaxgen.data.base import Dataset, ProcessRows, make_spec, spec_from_json, sp
 from jaxgen.errors import UserError
 
 MODALITIES = {'image': 'jaxgen.data.images', 'text': 'jaxgen.data.text', 'sentences': 'jaxgen.data.sentences',
-              'audio': 'jaxgen.data.audio'}
+              'audio': 'jaxgen.data.audio', 'captioned': 'jaxgen.data.captions'}
 
 
 def _source(config):

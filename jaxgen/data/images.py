@@ -11,6 +11,7 @@ concatenation over processes) is the same, row for row, whatever the number of p
 """
 import fcntl
 import glob
+import importlib
 import importlib.util
 import os
 import shutil
@@ -42,8 +43,19 @@ def load(config, workdir: str) -> base.Dataset:
                       lambda: eval_batches(config))
 
 
+# TFDS builders that jaxgen defines: importing the module registers the builder with TFDS, done on first use
+BUILDERS = {'fashion_mnist_scenes': 'jaxgen.data.scenes', 'jaxgen_notes': 'jaxgen.data.notes'}
+
+
+def register(name: str) -> None:
+  """Make jaxgen's own TFDS builder `name` (BUILDERS) known to tfds.builder; other names are TFDS's."""
+  if name in BUILDERS:
+    importlib.import_module(BUILDERS[name])
+
+
 def synthetic_spec(config):
   """From the TFDS builder's feature declaration: no download."""
+  register(config.data.name)
   return _spec(config, tfds.builder(config.data.name, data_dir=config.data.data_dir).info.features)
 
 
@@ -65,7 +77,9 @@ def _spec(config, features):
                     'data.modality=image reads image datasets')
   h, w, c = features['image'].shape
   crop, size = _crop_and_size(config)
-  if crop > min(h, w):
+  if None in (h, w) and not size:   # images of varying sizes (coco_captions) are batched at one size
+    raise UserError(f'the images of {name} vary in size: set --config.data.image_size (and data.center_crop)')
+  if None not in (h, w) and crop > min(h, w):
     raise UserError(f'data.center_crop={crop} is larger than the {h}x{w} images of {name}; use at most {min(h, w)}')
   if crop:
     h = w = crop
@@ -78,6 +92,7 @@ def _spec(config, features):
 def prepare(config):
   """The TFDS builder of config.data.name, prepared as ArrayRecord in data.data_dir if it was not."""
   name, data_dir = config.data.name, config.data.data_dir
+  register(name)
   builder = tfds.builder(name, data_dir=data_dir)  # the file format comes from the prepared files, if any
   if builder.is_prepared():
     if 'array_record' not in {f.value for f in builder.info.available_file_formats()}:
@@ -194,6 +209,15 @@ def center_crop_resize(image: np.ndarray, crop: int, size: int) -> np.ndarray:
   return image
 
 
+def read_examples(source, indices) -> list[dict]:
+  """The examples of a TFDS data source at indices (B,), decoded."""
+  keys = np.asarray(indices).tolist()
+  try:
+    return source.__getitems__(keys)  # one ArrayRecord read for the batch: ~10x faster than one by one
+  except TypeError:  # a source without a working batched read, e.g. tfds.testing.mock_data's
+    return [source[k] for k in keys]
+
+
 class ReadBatch(grain.transforms.Map):
   """Indices (B,) -> one batched read of those examples from a TFDS data source, decoded and stacked:
   {'image': float32 (B, H, W, C) = lo + x / 255 * (hi - lo) for uint8 pixels x (center-cropped and resized
@@ -205,11 +229,7 @@ class ReadBatch(grain.transforms.Map):
     self.table = (lo + np.arange(256) / 255 * (hi - lo)).astype(np.float32)  # rounded once, from float64
 
   def map(self, indices):
-    keys = indices.tolist()
-    try:
-      examples = self.source.__getitems__(keys)  # one ArrayRecord read for the batch: ~10x faster than one by one
-    except TypeError:  # a source without a working batched read, e.g. tfds.testing.mock_data's
-      examples = [self.source[k] for k in keys]
+    examples = read_examples(self.source, indices)
     image = np.stack([center_crop_resize(e['image'], self.crop, self.size) for e in examples])  # uint8 (B, H, W, C)
     if not self.labels:
       return {'image': self.table[image]}
@@ -231,15 +251,28 @@ def _read_images(config, source) -> grain.transforms.Map:
   return ReadBatch(source, config.data.pixel_range, *_crop_and_size(config), labels='label' in features)
 
 
-def train_iterator(config, read=_read_images) -> grain.DatasetIterator:
+class _WithEpoch:
+  """(position i in the repeated order, example k) -> [k, epoch i // n] for a split of n examples."""
+
+  def __init__(self, n: int):
+    self.n = n
+
+  def __call__(self, i: int, k: int) -> np.ndarray:
+    return np.array([k, i // self.n])
+
+
+def train_iterator(config, read=_read_images, epochs: bool = False) -> grain.DatasetIterator:
   """Endless, checkpointable iterator of this process's batches; every epoch is a new permutation.
 
   Shuffling, repeating and batching act on example indices (a random-access MapDataset, so the iterator
   state is just a position); each batch of indices is then read and decoded in one call, by
-  read(config, source) (another modality's reader of TFDS examples, e.g. jaxgen.data.audio's).
+  read(config, source) (another modality's reader of TFDS examples, e.g. jaxgen.data.audio's). With epochs,
+  the reader gets rows [example, epoch] (B, 2) instead (to vary an example by epoch: one of its captions).
   """
   source = _source(config, 'train')
   ds = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(None)  # reshuffled every epoch
+  if epochs:
+    ds = ds.map_with_index(_WithEpoch(len(source)))
   ds = ds.batch(config.batch_size, drop_remainder=True).map(base.ProcessRows(config))
   ds = ds.map(read(config, source))
   ds = ds.to_iter_dataset(_read_options(config))

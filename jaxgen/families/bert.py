@@ -128,6 +128,27 @@ class TextEncoder(NamedTuple):
     return self.frozen(self.params, tokens, mask), jnp.asarray(mask)
 
 
+def pad_rows(rows: list[np.ndarray], block_size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Token rows of up to block_size tokens -> (tokens (N, block_size) padded with pad_id, real (N, block_size))."""
+  tokens = np.full((len(rows), block_size), pad_id, np.int32)
+  for out, row in zip(tokens, rows):
+    out[:len(row)] = row
+  return tokens, np.arange(block_size)[None] < np.array([len(r) for r in rows])[:, None]
+
+
+def make_tokenize(tokenizer, block_size: int) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
+  """tokenize(texts) -> (tokens, mask) (N, block_size) numpy: [CLS] text [SEP] [PAD].., each text cut to
+  block_size - 2 tokens; the empty text is [CLS] [SEP]."""
+  pad, cls, sep = (tokenizer.token_id(t) for t in SPECIALS[:3])
+
+  def tokenize(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(texts, str):
+      raise UserError('encode takes a list of texts')
+    rows = [np.concatenate([[cls], tokenizer.encode(t)[:block_size - 2], [sep]]).astype(np.int32) for t in texts]
+    return pad_rows(rows, block_size, pad)
+  return tokenize
+
+
 def make_model(config, vocab_size: int) -> BERT:
   m = config.model
   encoder = gpt.make_model(m, vocab_size).clone(causal=False, num_segments=2 if m.nsp else 0)
@@ -240,13 +261,6 @@ def build(config, spec) -> Family:
       raise UserError(f'the text is {len(tokens) - 2} tokens; at most block_size - 2 = {W - 2} fit')
     return tokens, tokens == mask_id
 
-  def padded(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Token rows of up to W tokens -> (tokens (N, W) padded with [PAD], real (N, W))."""
-    tokens = np.full((len(rows), W), pad, np.int32)
-    for out, row in zip(tokens, rows):
-      out[:len(row)] = row
-    return tokens, np.arange(W)[None] < np.array([len(r) for r in rows])[:, None]
-
   def to_text(tokens, real) -> list[str]:
     return [tokenizer.decode(row[1:n - 1]) for row, n in zip(np.asarray(tokens), np.sum(real, axis=-1))]
 
@@ -269,7 +283,7 @@ def build(config, spec) -> Family:
       if not temperature > 0:
         raise UserError(f'temperature={temperature} must be > 0 (for the most likely tokens use top_k=1)')
       row, is_mask = masked_text(text)
-      tokens, real = padded([row] * int(num))
+      tokens, real = pad_rows([row] * int(num), W, pad)
       to_fill = np.zeros_like(real)
       to_fill[:, :len(row)] = is_mask
       top_k = None if top_k is None or top_k >= V - num_special else int(top_k)
@@ -307,12 +321,7 @@ def build(config, spec) -> Family:
     return forward(params, tokens, mask)[1].astype(jnp.float32)
 
   frozen = jax.jit(lambda params, tokens, mask: features(lax.stop_gradient(params), tokens, mask))
-
-  def tokenize(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """[CLS] text [SEP] [PAD].. (N, block_size), each text cut to block_size - 2 tokens; (tokens, mask)."""
-    if isinstance(texts, str):
-      raise UserError('encode takes a list of texts')
-    return padded([np.concatenate([[cls], tokenizer.encode(t)[:W - 2], [sep]]).astype(np.int32) for t in texts])
+  tokenize = make_tokenize(tokenizer, W)
 
   def make_encoder(state: TrainState) -> TextEncoder:
     return TextEncoder(state.sampling_params(), tokenizer, tokenize, features, frozen)

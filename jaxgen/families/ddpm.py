@@ -143,13 +143,15 @@ def l_simple(model_fn: EpsFn, sched: Schedule, rng, x0, label=None, prediction: 
 
 # -------------------------------------------------------------------------------------------- samplers
 
-def guided_eps_fn(eps_fn: EpsFn, guidance, null_label: int) -> EpsFn:
-  """Classifier-free guidance: eps~ = (1 + w) eps(x_t, c) - w eps(x_t, null), both in one batched call."""
+def guided_eps_fn(eps_fn: EpsFn, guidance, null_label) -> EpsFn:
+  """Classifier-free guidance: eps~ = (1 + w) eps(x_t, c) - w eps(x_t, null), both in one batched call. null_label:
+  the null class id, or a label of the label's structure with leading axis 1 or B (t2i: a negative prompt's)."""
   def guided(x_t, t, label):
     n = x_t.shape[0]
-    both = eps_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
-                  jnp.concatenate([label, jnp.full_like(label, null_label)]))
-    return (1 + guidance) * both[:n] - guidance * both[n:]
+    both = jax.tree.map(lambda c, u: jnp.concatenate([c, jnp.broadcast_to(u, c.shape).astype(c.dtype)]),
+                        label, null_label)
+    out = eps_fn(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), both)
+    return (1 + guidance) * out[:n] - guidance * out[n:]
   return guided
 
 
@@ -212,17 +214,40 @@ def sample(eps_fn: EpsFn, sched: Schedule, rng, shape, steps: int, kind: str = '
 
 # ---------------------------------------------------------------------------------------- the family
 
+class Condition(NamedTuple):
+  """What the denoiser is conditioned on, for diffusion_family (by default class ids batch['label'], the null
+  label model.num_classes).
+
+  raw(batch) -> the batch's condition, a pytree of (B, ...) arrays (class ids; a prompt's tokens and mask); null:
+  the same for "no condition" with leading axis 1 (the null class; the empty prompt), put in place of raw with
+  probability model.p_uncond in training (classifier-free guidance) and guidance's default negative; encode(params,
+  frozen, raw) -> the denoiser's label, once per step or sampler call inside the jit (classes: raw as it is; text:
+  an encoder's features, with its parameters in params when trained jointly, or `frozen`, a trained stage's, which
+  the train state carries unchanged); example: the label (batch 1) model.init is called with."""
+  raw: Callable[[dict], Any]
+  null: Any
+  example: Any
+  encode: Callable[[Any, Any, Any], Any] = lambda params, frozen, raw: raw
+  frozen: Any = None
+
+
+def make_unet(mc, shape, what: str = 'image size', **fields) -> UNet:
+  """The UNet of the model config mc on (H, W, C) inputs (`what` they are, for the error), with `fields` beyond
+  the sizes every UNet config has (num_classes, the text's transformer blocks, ...)."""
+  levels = len(mc.ch_mult) - 1
+  if shape[0] % 2**levels or shape[1] % 2**levels:
+    raise UserError(f'{what} {tuple(shape[:2])} is not divisible by 2^{levels} for model.ch_mult='
+                    f'{tuple(mc.ch_mult)}; use fewer levels')
+  return UNet(out_channels=shape[-1], ch=mc.ch, ch_mult=tuple(mc.ch_mult), num_res_blocks=mc.num_res_blocks,
+              attn_resolutions=tuple(mc.attn_resolutions), dropout=mc.dropout, num_heads=mc.num_heads,
+              norm_groups=mc.norm_groups, dtype=jnp.dtype(mc.dtype), **fields)
+
+
 def build(config, spec) -> Family:
   """DDPM on images: a UNet eps/v-model on the spec's image shape, samples mapped to uint8 pixels."""
   mc = config.model
   image_shape = tuple(spec.image_shape)
-  levels = len(mc.ch_mult) - 1
-  if image_shape[0] % 2**levels or image_shape[1] % 2**levels:
-    raise UserError(f'image size {image_shape[:2]} is not divisible by 2^{levels} for model.ch_mult='
-                    f'{tuple(mc.ch_mult)}; use fewer levels')
-  model = UNet(out_channels=image_shape[-1], ch=mc.ch, ch_mult=tuple(mc.ch_mult), num_res_blocks=mc.num_res_blocks,
-               attn_resolutions=tuple(mc.attn_resolutions), dropout=mc.dropout, num_heads=mc.num_heads,
-               norm_groups=mc.norm_groups, num_classes=mc.num_classes, dtype=jnp.dtype(mc.dtype))
+  model = make_unet(mc, image_shape, num_classes=mc.num_classes)
   pixel_range = tuple(config.data.pixel_range)
 
   def flip(rng, x0):   # horizontal flips of half the images
@@ -239,14 +264,19 @@ def build(config, spec) -> Family:
 
 def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec: dict, sample_kind, evaluators: dict,
                      decode: Callable, decode_params=None, clip=None, augment: Callable | None = None,
-                     features: Callable | None = None) -> Family:
+                     features: Callable | None = None, condition: Condition | None = None) -> Family:
   """The DDPM Family for any denoiser `model` (apply(params, x_t, t, label, train=) on x of shape (B,
   *sample_shape)) trained on batch[batch_key] of batches `batch_spec`, or on features(batch[batch_key]) computed
   in the step (audio: waveforms -> log-mel): L_simple, label dropout, EMA, jitted samplers whose output goes
   through decode(decode_params, x0) inside the same jit (to uint8 pixels, through a VAE decoder, or back to
-  waveforms), written as `sample_kind`."""
+  waveforms), written as `sample_kind`. `condition`: what the denoiser is conditioned on where it is not a class
+  (Condition; t2i: text); the sampler then takes its raw form as `label` and checks none of it."""
   features = features or (lambda x: x)
   mc = config.model
+  own_condition = condition is not None
+  if condition is None and mc.num_classes > 0:
+    condition = Condition(lambda batch: batch['label'], jnp.full((1,), mc.num_classes, jnp.int32),
+                          jnp.zeros((1,), jnp.int32))
   if mc.prediction not in ('eps', 'v'):
     raise UserError(f'unknown model.prediction {mc.prediction!r}; use eps or v')
   if config.sampling.sigma not in ('beta', 'beta_tilde'):
@@ -258,7 +288,7 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec:
                     f'clipping (latent diffusion) the first sampling step multiplies eps errors by {eps_gain:.0f}; '
                     'use --config.model.prediction=v (or the linear schedule)')
   updater = optim.make_updater(config.learning_rate, config.optim, config.num_train_steps)
-  conditional = mc.num_classes > 0
+  conditional = condition is not None
 
   def model_fn(params, train=False, dropout_rng=None):
     rngs = {'dropout': dropout_rng} if train else {}
@@ -273,18 +303,20 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec:
   def init(rng):
     x = jnp.zeros((1, *sample_shape), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
-    return TrainState.create(model.init(rng, x, t, t if conditional else None)['params'], updater)
+    params = model.init(rng, x, t, condition.example if conditional else None)['params']
+    return TrainState.create(params, updater, condition.frozen if conditional else None)
 
   def train_step(state, batch, rng):
     loss_rng, dropout_rng, label_rng, augment_rng = jax.random.split(rng, 4)
-    x0, label = features(batch[batch_key]), None
+    x0, raw = features(batch[batch_key]), None
     if augment is not None:
       x0 = augment(augment_rng, x0)
-    if conditional:   # drop labels to the null label with probability p_uncond (classifier-free guidance)
-      label = jnp.where(jax.random.bernoulli(label_rng, mc.p_uncond, batch['label'].shape),
-                        mc.num_classes, batch['label'])
+    if conditional:   # the condition replaced by the null one with probability p_uncond (classifier-free guidance)
+      drop = jax.random.bernoulli(label_rng, mc.p_uncond, x0.shape[:1])
+      raw = jax.tree.map(lambda r, n: jnp.where(_bcast(drop, r), n, r), condition.raw(batch), condition.null)
 
     def loss_fn(params):
+      label = condition.encode(params, state.frozen, raw) if conditional else None
       return l_simple(model_fn(params, True, dropout_rng), sched, loss_rng, x0, label, mc.prediction)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -293,15 +325,17 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec:
     return state.apply_gradients(grads, updater), metrics
 
   def eval_step(state, batch, rng):
-    label = batch['label'] if conditional else None
+    params = state.sampling_params()
+    label = condition.encode(params, state.frozen, condition.raw(batch)) if conditional else None
     x0 = features(batch[batch_key])
-    return {'loss': l_simple(model_fn(state.sampling_params()), sched, rng, x0, label, mc.prediction)}
+    return {'loss': l_simple(model_fn(params), sched, rng, x0, label, mc.prediction)}
 
   @functools.partial(jax.jit, static_argnames=('num', 'steps', 'kind', 'guided'))
-  def sample_decoded(params, decode_params, rng, label, eta, guidance, *, num, steps, kind, guided):
+  def sample_decoded(params, frozen, decode_params, rng, raw, null, eta, guidance, *, num, steps, kind, guided):
     fn = eps_fn(params)
+    label = condition.encode(params, frozen, raw) if conditional else None
     if guided:
-      fn = guided_eps_fn(fn, guidance, mc.num_classes)
+      fn = guided_eps_fn(fn, guidance, condition.encode(params, frozen, null))
     x0 = sample(fn, sched, rng, (num, *sample_shape), steps, kind, label, eta, config.sampling.sigma, clip)
     return decode(decode_params, x0)   # images: uint8 (num, H, W, C); audio: float32 (num, samples)
 
@@ -309,11 +343,11 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec:
     params = state.sampling_params()
 
     def sampler(rng, num: int = config.num_preview, *, steps=None, sampler=None, eta=None, label=None,
-                guidance=None, **options):
+                guidance=None, null=None, **options):
       """-> decode(x0): uint8 (num, H, W, C) for images. steps < T: DDIM (default) over evenly spaced steps;
       sampler='ancestral'|'ddim'; eta: DDIM noise in [0, 1]; label: class (int or (num,) ints; default cycles
-      the classes);
-      guidance: classifier-free guidance weight w."""
+      the classes), or a family's own condition in its raw form (num, ...); guidance: classifier-free guidance
+      weight w; null: the raw condition guidance moves away from (default: the null class, the empty prompt)."""
       if options:
         raise UserError(f'unknown DDPM sampler option(s) {sorted(options)}; '
                         'use steps, sampler, eta, label, guidance')
@@ -332,7 +366,9 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec:
       if w and not (conditional and mc.p_uncond > 0):
         raise UserError(f'guidance={w} needs a class-conditional model trained with label dropout '
                         '(model.num_classes > 0, model.p_uncond > 0); drop --guidance')
-      if conditional:
+      if own_condition:
+        labels = label
+      elif conditional:
         labels = np.arange(num) % mc.num_classes if label is None else np.broadcast_to(np.asarray(label), (num,))
         if labels.dtype.kind not in 'iu' or labels.min() < 0 or labels.max() >= mc.num_classes:
           raise UserError(f'label must be a class in [0, {mc.num_classes}), got {label!r}')
@@ -341,8 +377,9 @@ def diffusion_family(config, model, sample_shape, *, batch_key: str, batch_spec:
         raise UserError('label needs a class-conditional model (model.num_classes > 0); drop --label')
       else:
         labels = None
-      return sample_decoded(params, decode_params, rng, labels, jnp.float32(eta), jnp.float32(w),
-                          num=int(num), steps=int(steps), kind=kind, guided=bool(w))
+      null = condition.null if conditional and null is None else null
+      return sample_decoded(params, state.frozen, decode_params, rng, labels, null, jnp.float32(eta), jnp.float32(w),
+                            num=int(num), steps=int(steps), kind=kind, guided=bool(w))
 
     return sampler
 

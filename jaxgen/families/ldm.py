@@ -23,11 +23,10 @@ from jaxgen.train import checkpointing
 
 def load_autoencoder(spec):
   """(VAE config, VAE spec, sampling params) of the stage the spec records, checked by its fingerprint."""
-  stage = spec.stages.autoencoder
-  (ae_config, ae_spec, _, state), _ = checkpointing.restore_stage(stage.workdir, stage.step, stage.fingerprint,
-                                                                  vae.build)
+  ae_config, ae_spec, _, state = checkpointing.stage_run(spec.stages.autoencoder, vae.build)
   if ae_config.family != 'vae':
-    raise UserError(f'{stage.workdir} holds a {ae_config.family} run; latent diffusion decodes with a vae')
+    raise UserError(f'{spec.stages.autoencoder.workdir} holds a {ae_config.family} run; latent diffusion decodes '
+                    'with a vae')
   return ae_config, ae_spec, state.sampling_params()
 
 

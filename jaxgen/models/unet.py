@@ -6,6 +6,13 @@ ch * ch_mult[i]; self-attention at the spatial sizes in attn_resolutions and in 
 down-sampling, nearest up-sampling, skip connections from every down block to its up block. A label
 embedding (num_classes + 1 rows; the last is the null label of classifier-free guidance) is added to the
 time embedding. Layers whose output joins a residual path start at zero, as in the paper's code.
+
+Text conditioning (Rombach et al. 2022, Stable Diffusion's UNet): with transformer_resolutions, the label is a
+text condition (context (B, S, D), context_mask (B, S) bool, True for real tokens) and a SpatialTransformer
+follows each residual block at those spatial sizes and replaces the middle self-attention:
+  h = proj_in(GN(x)) (B, HW, C);  per block: h += SelfAttn(LN(h)); h += CrossAttn(LN(h), context); h += GEGLU(LN(h))
+  out = x + proj_out(h),  proj_out zero-initialised;  CrossAttn: q from h, k and v from context, padding masked
+With transformer_resolutions=() the module and its parameters are the DDPM UNet's as before.
 """
 import math
 from typing import Any, Sequence
@@ -45,7 +52,8 @@ class GroupNorm(nn.Module):
 
 
 class ResBlock(nn.Module):
-  """h = conv(dropout(act(GN(conv(act(GN(x))) + W act(temb))))); returns shortcut(x) + h."""
+  """h = conv(dropout(act(GN(conv(act(GN(x))) + W act(temb))))); returns shortcut(x) + h (temb None: no W term,
+  the autoencoder's blocks)."""
   features: int
   dropout: float
   norm_groups: int
@@ -55,7 +63,8 @@ class ResBlock(nn.Module):
   def __call__(self, x, temb, train: bool):
     h = nn.swish(GroupNorm(self.norm_groups, self.dtype)(x))
     h = nn.Conv(self.features, (3, 3), dtype=self.dtype)(h)
-    h = h + nn.Dense(self.features, dtype=self.dtype)(nn.swish(temb))[:, None, None, :]   # (B, 1, 1, F)
+    if temb is not None:
+      h = h + nn.Dense(self.features, dtype=self.dtype)(nn.swish(temb))[:, None, None, :]   # (B, 1, 1, F)
     h = nn.swish(GroupNorm(self.norm_groups, self.dtype)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.features, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
@@ -80,6 +89,51 @@ class AttnBlock(nn.Module):
     return x + h.reshape(b, height, width, c)
 
 
+def _attention(x, context, mask, num_heads: int, dtype):
+  """Multi-head softmax(q k^T / sqrt(d)) v with q from x (B, L, C), k and v from context (B, S, D), no biases,
+  keys where mask (B, S) is False left out; output projection back to C."""
+  c = x.shape[-1]
+  q = nn.DenseGeneral((num_heads, c // num_heads), use_bias=False, dtype=dtype)(x)                # (B, L, N, Dh)
+  kv = nn.DenseGeneral((2, num_heads, c // num_heads), use_bias=False, dtype=dtype)(context)      # (B, S, 2, N, Dh)
+  mask = None if mask is None else mask[:, None, None, :]                                        # (B, 1, 1, S)
+  h = jax.nn.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], mask=mask)                       # (B, L, N, Dh)
+  return nn.DenseGeneral(c, axis=(-2, -1), dtype=dtype)(h)                                       # (B, L, C)
+
+
+class TransformerBlock(nn.Module):
+  """SD's BasicTransformerBlock: h += SelfAttn(LN(h)); h += CrossAttn(LN(h), context); h += GEGLU(LN(h)),
+  GEGLU(h) = (a * gelu(g)) W_2 with [a, g] = h W_1, 4C wide (Shazeer 2020)."""
+  num_heads: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, h, context, context_mask):        # h (B, L, C), context (B, S, D), context_mask (B, S)
+    norm = lambda: nn.LayerNorm(dtype=self.dtype)
+    y = norm()(h)
+    h = h + _attention(y, y, None, self.num_heads, self.dtype)
+    h = h + _attention(norm()(h), context, context_mask, self.num_heads, self.dtype)
+    a, gate = jnp.split(nn.Dense(8 * h.shape[-1], dtype=self.dtype)(norm()(h)), 2, axis=-1)
+    return h + nn.Dense(h.shape[-1], dtype=self.dtype)(a * nn.gelu(gate))
+
+
+class SpatialTransformer(nn.Module):
+  """x + proj_out(blocks(proj_in(GN(x)))) over the H*W positions; proj_out starts at zero (identity block)."""
+  num_heads: int
+  depth: int
+  norm_groups: int
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x, context, context_mask):
+    b, height, width, c = x.shape
+    h = GroupNorm(self.norm_groups, self.dtype)(x).reshape(b, height * width, c)
+    h = nn.Dense(c, dtype=self.dtype)(h)                                         # proj_in (a 1x1 conv)
+    for _ in range(self.depth):
+      h = TransformerBlock(self.num_heads, self.dtype)(h, context.astype(self.dtype), context_mask)
+    h = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)      # proj_out
+    return x + h.reshape(b, height, width, c)
+
+
 class UNet(nn.Module):
   """Ho et al.'s CIFAR-10 model is ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)."""
   out_channels: int
@@ -95,11 +149,24 @@ class UNet(nn.Module):
                                 # shift-equivariant; on a spectrogram's mel axis the row *is* the pitch)
   row_profiles: Any = None      # (num_classes + 1) x H nested tuples: the label's row profile joins x as a
                                 # channel (spectrograms: the mel rows of the pitch's harmonics; null label: 0)
+  transformer_resolutions: Sequence[int] = ()   # spatial sizes with a SpatialTransformer; the label is then the
+                                                # text condition (context (B, S, D), context_mask (B, S))
+  transformer_depth: int = 1
+  transformer_heads: int = 4
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, t, label=None, train: bool = False):
     res = dict(norm_groups=self.norm_groups, dtype=self.dtype)
+    if self.transformer_resolutions:
+      context, label = label, None
+    transformer = lambda h: SpatialTransformer(self.transformer_heads, self.transformer_depth, **res)(h, *context)
+
+    def attend(h):   # after a residual block of a level: self-attention and / or the text's transformer
+      if h.shape[1] in self.attn_resolutions:
+        h = AttnBlock(self.num_heads, **res)(h)
+      return transformer(h) if h.shape[1] in self.transformer_resolutions else h
+
     temb = timestep_embedding(t, self.ch)
     temb = nn.Dense(4 * self.ch, dtype=self.dtype)(temb)
     temb = nn.Dense(4 * self.ch, dtype=self.dtype)(nn.swish(temb))   # (B, 4ch)
@@ -119,23 +186,20 @@ class UNet(nn.Module):
     hs = [h]
     for level, mult in enumerate(self.ch_mult):
       for _ in range(self.num_res_blocks):
-        h = ResBlock(self.ch * mult, self.dropout, **res)(h, temb, train)
-        if h.shape[1] in self.attn_resolutions:
-          h = AttnBlock(self.num_heads, **res)(h)
+        h = attend(ResBlock(self.ch * mult, self.dropout, **res)(h, temb, train))
         hs.append(h)
       if level != len(self.ch_mult) - 1:
         h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)   # (B, H/2, W/2, C)
         hs.append(h)
 
     h = ResBlock(h.shape[-1], self.dropout, **res)(h, temb, train)
-    h = AttnBlock(self.num_heads, **res)(h)
+    h = transformer(h) if self.transformer_resolutions else AttnBlock(self.num_heads, **res)(h)
     h = ResBlock(h.shape[-1], self.dropout, **res)(h, temb, train)
 
     for level, mult in reversed(list(enumerate(self.ch_mult))):
       for _ in range(self.num_res_blocks + 1):
         h = ResBlock(self.ch * mult, self.dropout, **res)(jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
-        if h.shape[1] in self.attn_resolutions:
-          h = AttnBlock(self.num_heads, **res)(h)
+        h = attend(h)
       if level != 0:
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)                     # nearest, (B, 2H, 2W, C)
         h = nn.Conv(h.shape[-1], (3, 3), dtype=self.dtype)(h)
@@ -143,3 +207,20 @@ class UNet(nn.Module):
     h = nn.swish(GroupNorm(self.norm_groups, self.dtype)(h))
     h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
     return h.astype(jnp.float32)
+
+
+class TextUNet(nn.Module):
+  """A UNet with transformer blocks on a text condition, and `encoder`: the text encoder trained with it, a module
+  (tokens (B, T), mask (B, T)) -> (.., features (B, T, D), ..) such as jaxgen.models.gpt.BERT; None where the
+  features come from a frozen encoder outside. eps_theta(x_t, t, (features, mask)) is the UNet's."""
+  unet: UNet
+  encoder: nn.Module | None = None
+
+  def __call__(self, x, t, label, train: bool = False):
+    if self.encoder is not None and self.is_initializing():    # the encoder's parameters are created with the UNet's
+      self.encode(jnp.zeros(label[1].shape, jnp.int32), label[1])
+    return self.unet(x, t, label, train)
+
+  def encode(self, tokens, mask):
+    """The condition the UNet reads: (features (B, T, D) float32, mask (B, T))."""
+    return self.encoder(tokens, mask)[1].astype(jnp.float32), mask

@@ -166,12 +166,12 @@ def _restore_once(workdir: str, step: int, build):
   return _RESTORED[key]
 
 
-def restore_stage(workdir: str, step: int, expected_fingerprint: str | None, build):
-  """restore_run of a stage a later run depends on, checked: the workdir and checkpoint exist and the
+def restore_stage(workdir: str, step: int, expected_fingerprint: str | None, build, name: str = 'autoencoder'):
+  """restore_run of a stage `name` a later run depends on, checked: the workdir and checkpoint exist and the
   state's fingerprint is the one recorded (when one is). Returns ((config, spec, family, state), fingerprint)."""
   if not files.exists(config_path(workdir)):
     raise UserError(f'the stage {workdir} this run depends on is missing: restore it, or train a new run '
-                    '(--config.autoencoder_workdir=DIR names a trained one)')
+                    f'(--config.{name}_workdir=DIR names a trained one)')
   if step not in manager(workdir, read_only=True).all_steps():
     raise UserError(f'the stage {workdir} no longer has checkpoint {step}, which this run was trained with: '
                     'restore it (and raise that run\'s keep_checkpoints), or train a new run')
@@ -184,6 +184,19 @@ def restore_stage(workdir: str, step: int, expected_fingerprint: str | None, bui
     raise UserError(f'the stage {workdir} at step {step} is not the one this run was trained with (fingerprint '
                     f'{digest}, recorded {expected_fingerprint}): restore it, or train a new run on it')
   return run, digest
+
+
+def stage_run(record, build, name: str = 'autoencoder'):
+  """(config, spec, family, state) of stage `name` as a run's spec records it: restore_stage of its workdir at its
+  step, checked by its fingerprint; or, recorded without a workdir (the synthetic spec bench makes for a run whose
+  stages are untrained, jaxgen.stages.spec), the recorded config's family on the recorded spec, freshly
+  initialised."""
+  if record.workdir is not None:
+    return restore_stage(record.workdir, record.step, record.fingerprint, build, name)[0]
+  config = record.config.as_configdict()
+  family = build(config, record.spec)
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)))
+  return config, record.spec, family, train_state.create_state(family, mesh, config.seed)[0]
 
 
 def manager(workdir: str, keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
