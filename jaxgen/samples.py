@@ -11,7 +11,6 @@ import os
 
 import numpy as np
 import scipy.io.wavfile
-import scipy.signal
 
 from jaxgen import images
 from jaxgen.errors import UserError
@@ -66,6 +65,7 @@ class Texts:
 
 def spectrogram_db(wave: np.ndarray, sample_rate: int, nperseg: int = 512, floor_db: float = -80.0) -> np.ndarray:
   """20 log10 |STFT| (Hann window, 75% overlap) relative to full scale, clipped at floor_db: (freq, time)."""
+  import scipy.signal   # here: importing it costs every process ~1.5 s, and only audio runs draw spectrograms
   _, _, z = scipy.signal.stft(wave, fs=sample_rate, nperseg=nperseg, noverlap=3 * nperseg // 4)
   return np.maximum(20 * np.log10(np.abs(z) + 1e-10), floor_db)
 

@@ -16,6 +16,7 @@ from jaxgen.data import text, tokenizers
 from jaxgen.errors import UserError
 from jaxgen.families import bert
 from jaxgen.models.gpt import BERT, GPT
+from tests.support.runs import preempted
 
 SPECIALS = bert.SPECIALS                         # [PAD] [CLS] [SEP] [MASK]: ids 0..3
 PAD, CLS, SEP, MASK = range(4)
@@ -273,9 +274,7 @@ def test_next_sentence_prediction_adds_its_loss():
 def test_smoke_run_checkpoints_previews_resumes_bit_exactly_and_loads(tmp_path):
   config = smoke_config(tmp_path)
   straight = stages.train_and_evaluate(config, str(tmp_path / 'straight'))
-  half = config.copy_and_resolve_references()
-  half.num_train_steps = 3
-  stages.train_and_evaluate(half, str(tmp_path / 'resumed'))
+  preempted(config, tmp_path / 'resumed', stop_at=3)
   resumed = stages.train_and_evaluate(config, str(tmp_path / 'resumed'))
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

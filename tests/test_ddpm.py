@@ -10,6 +10,7 @@ from jaxgen.families import ddpm
 from jaxgen.models.unet import GroupNorm, UNet
 from jaxgen import data
 from tests.support import specs
+from tests.support.runs import train
 
 CONFIGS = {'ddpm_fashion_mnist': ddpm_fashion_mnist, 'ddpm_cifar10': ddpm_cifar10}
 
@@ -240,9 +241,8 @@ def test_configs_build_and_reject_unknown_presets(name):
 
 
 def test_smoke_run_then_sample_py_writes_a_grid(cli, tmp_path):
-  workdir = tmp_path / 'run'
-  cli('train.py', '--config', 'configs/ddpm_fashion_mnist.py:smoke', '--workdir', str(workdir),
-      f'--config.data.data_dir={tmp_path}/tfds')
+  workdir = tmp_path / 'run'                      # train.py's own path: test_trainer's CLI smoke run
+  train(lambda: load_config('smoke'), tmp_path, workdir, 4)
   assert (workdir / 'samples' / 'step_000004.png').exists() and (workdir / 'checkpoints' / '4').exists()
   out = tmp_path / 'grid.png'
   cli('sample.py', '--workdir', str(workdir), '--steps', '10', '--label', '3', '--guidance', '2', '--num', '6',

@@ -359,7 +359,7 @@ def test_pyproject_ships_every_package_and_configs():
 def test_a_second_run_in_a_fresh_workdir_compiles_nothing_new(tmp_path):
   """Both runs compile through the persistent cache (the suite's, conftest.py); the second writes no new entry
   and loads every program it compiles from the cache."""
-  from jaxgen import stages
+  from jaxgen import families, stages
   assert jax.config.jax_compilation_cache_dir
   events = {}
   jax.monitoring.register_event_listener(lambda event, **_: events.__setitem__(event, events.get(event, 0) + 1))
@@ -369,6 +369,8 @@ def test_a_second_run_in_a_fresh_workdir_compiles_nothing_new(tmp_path):
   counts = []
   for run in ('first', 'second'):
     events.clear()
+    families._BUILT.clear()       # what a new process would hold in memory: no Family, no in-memory executable
+    jax.clear_caches()
     stages.train_and_evaluate(config, str(tmp_path / run))
     counts.append((events.get('/jax/compilation_cache/compile_requests_use_cache', 0),
                    events.get('/jax/compilation_cache/cache_hits', 0),

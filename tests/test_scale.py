@@ -53,15 +53,16 @@ def _worker(devices: int, *args: str, timeout: int = 600) -> dict:
 
 @pytest.fixture(scope='module')
 def scale(tmp_path_factory):
-  """One 8-device worker: data-parallel runs of every present family (but DDPM: slow), GPT and BERT with FSDP,
-  a GPT checkpoint moved between meshes, and the FSDP layout of the default GPT-2 and CIFAR-10 UNet."""
+  """One 8-device worker: data=8 runs of the VAE and GAN, data=2 x fsdp=4 runs of GPT and BERT (their data
+  parallelism and FSDP in one program each), a GPT checkpoint moved between meshes, and the FSDP layout of the
+  default GPT-2 and CIFAR-10 UNet."""
   workdir = tmp_path_factory.mktemp('scale')
-  runs = [f'{f}:8:1' for f in ('vae', 'gan', 'gpt', 'bert') if _available(f)]
+  runs = [f'{f}:8:1' for f in ('vae', 'gan') if _available(f)]
   runs += [f'{f}:2:4' for f in ('gpt', 'bert') if _available(f)]
   return _worker(8, 'runs', str(workdir), *runs), str(workdir)
 
 
-@pytest.mark.parametrize('family', ['vae', 'gan', 'gpt', 'bert'])
+@pytest.mark.parametrize('family', ['vae', 'gan'])
 def test_data_parallel_steps_equal_one_device_steps(scale, family):
   """K steps on a data=8 mesh (batch split 8 ways, state replicated) == K steps on one device."""
   _skip_absent(family)
@@ -86,11 +87,13 @@ def test_ddpm_data_parallel_and_fsdp_steps_equal_one_device_steps(tmp_path):
 
 @pytest.mark.parametrize('family', ['gpt', 'bert'])
 def test_fsdp_steps_equal_one_device_steps(scale, family):
-  """data=2 x fsdp=4: the Transformer's weights sharded on their 'embed' dimension (BERT: GPT's blocks)."""
+  """data=2 x fsdp=4: the batch split over all 8 devices, the Transformer's weights 4 ways on their 'embed'
+  dimension (BERT: GPT's blocks)."""
   _skip_absent(family)
   run = scale[0][f'{family}:2:4']
   assert run['error'] <= 1, run
   np.testing.assert_allclose(run['losses'], run['reference_losses'], rtol=1e-5)
+  assert run['batch_shard_rows'] == 1                             # smoke batch 8 over ('data', 'fsdp')
 
 
 def test_gpt_fsdp_shards_every_weight_and_its_adam_moments(scale):

@@ -12,6 +12,7 @@ from jaxgen import stages
 from jaxgen.data import sentences
 from jaxgen.families import text_vae
 from jaxgen.train import state as train_state
+from tests.support.runs import preempted
 
 PHRASES = ('to be or not to be', 'that is the question', 'to die to sleep', 'no more and by a sleep',
            'the heart ache and the thousand', 'natural shocks that flesh is heir to')
@@ -143,9 +144,7 @@ def test_prior_samples_are_deterministic_per_key_and_decode_to_strings(fitted):
 def test_smoke_run_samples_interpolates_and_resumes_bit_exactly(tmp_path, cli):
   config = smoke_config(tmp_path)
   straight = stages.train_and_evaluate(config, str(tmp_path / 'straight'))
-  half = config.copy_and_resolve_references()
-  half.num_train_steps = 3
-  stages.train_and_evaluate(half, str(tmp_path / 'resumed'))
+  preempted(config, tmp_path / 'resumed', stop_at=3)
   resumed = stages.train_and_evaluate(config, str(tmp_path / 'resumed'))
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

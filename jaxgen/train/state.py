@@ -2,6 +2,7 @@
 
 Randomness: keys derive from (seed, step) only (`run_keys`), so any step can be recomputed.
 """
+import functools
 from typing import Any
 
 import flax
@@ -13,16 +14,20 @@ from jaxgen.train import optim, sharding
 
 @flax.struct.dataclass
 class TrainState:
-  """The state of a one-network family: step, parameters, Optax state, EMA of the parameters (None without)."""
+  """The state of a one-network family: step, parameters, Optax state, EMA of the parameters (None without), and
+  `frozen`: parameters of a trained stage the steps read but never update (a frozen text encoder; None without),
+  held here so that the jitted steps take them as arguments, not as constants compiled into the program."""
   step: jax.Array
   params: Any
   opt_state: Any
   ema_params: Any
+  frozen: Any = None
 
   @classmethod
-  def create(cls, params, updater: optim.Updater) -> 'TrainState':
+  def create(cls, params, updater: optim.Updater, frozen=None) -> 'TrainState':
     opt_state, ema_params = updater.init(params)
-    return cls(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=opt_state, ema_params=ema_params)
+    return cls(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=opt_state, ema_params=ema_params,
+               frozen=frozen)
 
   def apply_gradients(self, grads, updater: optim.Updater) -> 'TrainState':
     """One optimizer step (and EMA update): the rule every family uses (jaxgen.train.optim.Updater)."""
@@ -46,11 +51,15 @@ def abstract_state(family, mesh, seed: int):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed), shardings)
 
 
+@functools.lru_cache(maxsize=8)     # one function per family.init: jax.jit's caches see the same function
+def _unboxed(init):
+  return lambda rng: nn.meta.unbox(init(rng))
+
+
 def create_state(family, mesh, seed: int):
   """Initialise the state directly into its shardings; returns (state, shardings)."""
   shardings = jax.tree.map(lambda x: x.sharding, abstract_state(family, mesh, seed))
   # init runs once: on CPU, XLA's backend optimisation of its random draws costs far more than it saves
   options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
-  state = jax.jit(lambda k: nn.meta.unbox(family.init(k)), out_shardings=shardings,
-                  compiler_options=options)(run_keys(seed)['init'])
+  state = jax.jit(_unboxed(family.init), out_shardings=shardings, compiler_options=options)(run_keys(seed)['init'])
   return state, shardings

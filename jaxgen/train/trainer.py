@@ -11,6 +11,7 @@ peak is known (jaxgen.timing.PEAK_FLOPS; none for CPUs). config.profile_steps = 
 first..last with jax.profiler into DIR/plugins/profile (TensorBoard's Profile tab).
 """
 import errno
+import functools
 import signal
 import time
 
@@ -36,17 +37,21 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+@functools.lru_cache(maxsize=8)     # one wrapper per step function: jax.jit's caches see the same function
+def _skipping_nonfinite(train_step):
+  def step_fn(state, batch, rng):
+    new_state, metrics = train_step(state, batch, rng)
+    ok = all_finite(metrics) & all_finite(new_state)
+    new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+    metrics = jax.tree.map(lambda m: jnp.where(ok, m, jnp.nan), metrics)
+    return new_state, {**metrics, 'skipped': 1.0 - ok.astype(jnp.float32)}
+  return step_fn
+
+
 def jit_train_step(family, state_shardings, mesh, skip_nonfinite: bool = False):
   """The family's step, jitted on the mesh. With skip_nonfinite, a step whose metrics or new state are not
   finite leaves the state unchanged, reports skipped=1 and NaN for its other metrics (left out of the means)."""
-  step_fn = family.train_step
-  if skip_nonfinite:
-    def step_fn(state, batch, rng):
-      new_state, metrics = family.train_step(state, batch, rng)
-      ok = all_finite(metrics) & all_finite(new_state)
-      new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
-      metrics = jax.tree.map(lambda m: jnp.where(ok, m, jnp.nan), metrics)
-      return new_state, {**metrics, 'skipped': 1.0 - ok.astype(jnp.float32)}
+  step_fn = _skipping_nonfinite(family.train_step) if skip_nonfinite else family.train_step
   return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh), None),
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
