@@ -22,6 +22,7 @@ def get_config(preset: str = 'default'):
   c.model.dropout = 0.0
   c.model.use_bias = False
   c.model.position_embedding = 'learned'
+  c.model.remat = False              # recompute each block's activations in the backward pass (memory)
   c.model.dtype = 'bfloat16'
   c.batch_size = 480                 # 12 x 40 sequences of 1024 tokens: ~0.5M tokens per update
   c.grad_accum_steps = 40

@@ -1,7 +1,9 @@
-"""Benchmarks: python -m jaxgen.bench --config configs/<name>.py[:preset] [--steps N] [--sampler] [--data].
+"""Benchmarks: python -m jaxgen.bench --config configs/<name>.py[:preset] [--steps N] [--sampler] [--data],
+or a fixed suite: python -m jaxgen.bench --suite gpu (GPT-2 124M and the CIFAR-10 DDPM on one GPU; SUITES).
 
-Training and sampling run on synthetic batches drawn from the family's batch spec (no dataset needed;
-a config with stages, such as latent diffusion, needs them trained: --config.autoencoder_workdir); --data
+Training and sampling run on synthetic batches drawn from the family's batch spec (no dataset needed; a
+config with stages, such as latent diffusion, runs on randomly initialised stages unless every stage is given
+trained, --config.autoencoder_workdir=DIR ..., jaxgen.stages.spec); --data
 times the real input pipeline alone, so a user sees whether input or compute bounds training. Prints one JSON
 line per measurement, then a table. Keys (stable; null where the backend or family has no such figure):
 
@@ -32,7 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxgen import cli, families, stages, timing
+from jaxgen import cli, config as config_lib, families, stages, timing
 from jaxgen.timing import PEAK_FLOPS, peak_flops_per_device  # noqa: F401 -- bench's names for them
 from jaxgen.errors import UserError
 from jaxgen.train import sharding, trainer
@@ -216,9 +218,38 @@ def run_benchmarks(config, config_name: str, *, train=True, steps=20, warmup=2, 
   return records
 
 
+# --suite NAME: (config, preset, overrides, run_benchmarks options) in order. 'gpu' fits in 8 minutes on one
+# H100/H200, compiles included: GPT-2 124M in bf16 at nanoGPT's micro-batch (12 x 1024; 16 here) with its
+# KV-cache sampler, and Ho et al.'s CIFAR-10 UNet (35.7M) in bf16 with DDIM-50 and ancestral sampling.
+SUITES = {
+    'gpu': (
+        ('gpt2_124m', 'default', {'batch_size': 16, 'grad_accum_steps': 1},
+         dict(steps=20, sampler=True, num=8, prompt_tokens=128, new_tokens=256)),
+        ('ddpm_cifar10', 'default', {'model.dtype': 'bfloat16'},
+         dict(steps=20, sampler=True, num=256, ddim_steps=50, ancestral_num=16, repeats=2)),
+    ),
+}
+
+
+def run_suite(name: str, preset: str | None = None, emit=lambda line: print(line, flush=True)) -> list[list[dict]]:
+  """The records of every config of SUITES[name], a list per config; preset replaces the suite's presets and
+  sizes (smoke: the suite end to end on CPU, 2 timed steps)."""
+  if name not in SUITES:
+    raise UserError(f'unknown --suite {name!r}; choose one of {sorted(SUITES)}')
+  records = []
+  for config_name, suite_preset, overrides, options in SUITES[name]:
+    config = config_lib.config_from_file(config_lib.named_config_file(config_name), preset or suite_preset)
+    config.update_from_flattened_dict({} if preset else overrides)
+    options = dict(steps=2, repeats=1, sampler=True, num=4, ddim_steps=5, ancestral_num=1) if preset else options
+    records.append(run_benchmarks(config, f'{config_name}:{preset or suite_preset}', emit=emit, **options))
+  return records
+
+
 def define_flags() -> None:
   """The CLI's flags (defined only when run as a program, so importing this module defines none)."""
   config_flags.DEFINE_config_file('config', None, 'configs/<name>.py[:preset]', lock_config=True)
+  flags.DEFINE_string('suite', None, f'run a suite of benchmarks instead of --config: {", ".join(SUITES)}')
+  flags.DEFINE_string('suite_preset', None, 'run the suite at this preset of each config (smoke: a CPU check)')
   flags.DEFINE_integer('steps', 20, 'timed train steps (and data batches)')
   flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
   flags.DEFINE_bool('train', True, 'benchmark the train step (--notrain to skip)')
@@ -230,12 +261,17 @@ def define_flags() -> None:
   flags.DEFINE_integer('ancestral_num', 8, 'diffusion: samples per ancestral call (all training timesteps)')
   flags.DEFINE_integer('prompt_tokens', None, 'GPT: prompt length (default block_size // 2)')
   flags.DEFINE_integer('new_tokens', None, 'GPT: generated tokens (default block_size - prompt_tokens)')
-  flags.mark_flag_as_required('config')
+  flags.register_multi_flags_validator(('config', 'suite'), lambda f: f['config'] is not None or f['suite'],
+                                       'give --config (or --suite)')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.suite:
+    for records in run_suite(FLAGS.suite, FLAGS.suite_preset):
+      print(f'\n{records[0]["config"]}\n{table(records)}')
+    return
   config_name = FLAGS['config'].serialize().split('=', 1)[1]
   records = run_benchmarks(
       FLAGS.config, config_name, train=FLAGS.train, steps=FLAGS.steps, warmup=FLAGS.warmup,

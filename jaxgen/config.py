@@ -101,13 +101,18 @@ def named_config_file(name: str) -> str:
   return path
 
 
-def sibling_config(config_file: str, name: str, preset: str) -> ml_collections.ConfigDict:
-  """get_config(preset) of the config `name`.py in the folder of `config_file` (a config built on another)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py')
+def config_from_file(path: str, preset: str) -> ml_collections.ConfigDict:
+  """get_config(preset) of the config file at `path`."""
+  name = os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(f'jaxgen_config_{name}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(preset)
+
+
+def sibling_config(config_file: str, name: str, preset: str) -> ml_collections.ConfigDict:
+  """get_config(preset) of the config `name`.py in the folder of `config_file` (a config built on another)."""
+  return config_from_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f'{name}.py'), preset)
 
 
 # ------------------------------------------------------------------------------------------- value ranges

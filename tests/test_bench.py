@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgen import bench, data, families
+from jaxgen import bench, config as jaxgen_config, data, families
 from jaxgen.train import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,16 +89,24 @@ def test_gan_smoke_bench():
   assert_positive_figures(sampler)
 
 
-@pytest.mark.slow   # ~20 s: compiles the UNet step and two samplers
-def test_ddpm_smoke_bench_times_ddim_and_ancestral():
-  config = load_config('ddpm_fashion_mnist')
-  train, ddim, ancestral = run('ddpm_fashion_mnist', steps=2, warmup=1, sampler=True, num=4, repeats=1,
-                               ddim_steps=5, ancestral_num=2)
+def test_gpu_suite_runs_gpt2_and_the_cifar10_ddpm_end_to_end_at_the_smoke_preset():
+  """The suite's CPU path: every config of `--suite gpu` at its smoke preset, train step and samplers."""
+  lines = []
+  gpt2, ddpm = bench.run_suite('gpu', 'smoke', emit=lines.append)
+  assert [json.loads(line) for line in lines] == gpt2 + ddpm
+  assert [r['config'] for r in gpt2 + ddpm] == ['gpt2_124m:smoke'] * 3 + ['ddpm_cifar10:smoke'] * 3
+  assert [r.get('sampler') for r in gpt2] == [None, 'kv_cache', 'no_kv_cache']
+  config = load_config('ddpm_cifar10')
+  (train, ddim, ancestral) = ddpm
   assert set(train) == TRAIN_KEYS and set(ddim) == set(ancestral) == IMAGE_SAMPLER_KEYS
-  assert (ddim['sampler'], ddim['steps'], ddim['num']) == ('ddim', 5, 4)
-  assert (ancestral['sampler'], ancestral['steps'], ancestral['num']) == ('ancestral', config.model.timesteps, 2)
-  for record in (train, ddim, ancestral):
+  assert (ddim['sampler'], ddim['steps']) == ('ddim', 5)
+  assert (ancestral['sampler'], ancestral['steps']) == ('ancestral', config.model.timesteps)
+  for record in gpt2 + ddpm:
     assert_positive_figures(record)
+  for config_name, preset, overrides, _ in bench.SUITES['gpu']:     # the real sizes are valid configs
+    config = load_config(config_name, preset)
+    config.update_from_flattened_dict(overrides)
+    jaxgen_config.validate(config, 1)
 
 
 def test_gpt_smoke_bench_reports_tokens_and_both_decoding_paths():

@@ -207,3 +207,42 @@ def test_gradient_accumulation_equals_full_batch_step(smoke):
   (one, m1), (four, m4) = results
   assert float(m1['loss']) == pytest.approx(float(m4['loss']), abs=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), one.params, four.params)
+
+
+def test_remat_recomputes_the_same_loss_and_gradients(tiny):
+  """nn.remat changes when activations are computed, not what: same parameters, loss and gradients."""
+  model, params = tiny
+  tokens = random_tokens((2, W + 1))
+
+  def loss_and_grads(m):
+    loss = lambda p: optax_xent(m.apply({'params': p}, tokens[:, :-1])[0], tokens[:, 1:])
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  shapes = lambda m: jax.eval_shape(lambda: nn.meta.unbox(m.init(jax.random.key(0), tokens[:, :-1])['params']))
+  assert shapes(model.clone(remat=True)) == shapes(model)
+  (loss, grads), (loss_r, grads_r) = loss_and_grads(model), loss_and_grads(model.clone(remat=True))
+  np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_r, grads)
+
+
+def optax_xent(logits, labels):
+  return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], -1).mean()
+
+
+class FakeDevice:
+  def __init__(self, platform, device_kind, compute_capability=None):
+    self.platform, self.device_kind, self.compute_capability = platform, device_kind, compute_capability
+
+
+@pytest.mark.parametrize('device, dtype, expected', [
+    (FakeDevice('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.bfloat16, 'cudnn'),
+    (FakeDevice('gpu', 'NVIDIA A100-SXM4-40GB', '8.0'), jnp.float16, 'cudnn'),
+    (FakeDevice('gpu', 'NVIDIA H100 80GB HBM3', '9.0'), jnp.float32, 'xla'),     # cuDNN's kernel: half types
+    (FakeDevice('gpu', 'Tesla V100-SXM2-16GB', '7.0'), jnp.bfloat16, 'xla'),     # before Ampere
+    (FakeDevice('gpu', 'AMD Instinct MI300X'), jnp.bfloat16, 'xla'),
+    (FakeDevice('tpu', 'TPU v5 lite'), jnp.bfloat16, 'xla'),
+    (None, jnp.bfloat16, 'xla'),                                                 # this CPU
+])
+def test_attention_goes_to_cudnn_only_for_half_types_on_recent_nvidia_gpus(device, dtype, expected):
+  from jaxgen.models.gpt import attention_implementation
+  assert attention_implementation(dtype, device) == expected

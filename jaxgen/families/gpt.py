@@ -31,7 +31,7 @@ def make_model(model_config, vocab_size: int) -> GPT:
   m = model_config
   return GPT(vocab_size=vocab_size, block_size=m.block_size, num_layers=m.num_layers, num_heads=m.num_heads,
              embed_dim=m.embed_dim, dropout_rate=m.dropout, use_bias=m.use_bias,
-             position_embedding=m.position_embedding, dtype=jnp.dtype(m.dtype))
+             position_embedding=m.position_embedding, dtype=jnp.dtype(m.dtype), remat=m.get('remat', False))
 
 
 def weight_decay_mask(params):

@@ -42,6 +42,15 @@ def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
   return pe
 
 
+def attention_implementation(dtype, device=None) -> str:
+  """jax.nn.dot_product_attention's implementation: 'cudnn' (its fused flash-attention kernel) for bf16/fp16
+  on NVIDIA GPUs of compute capability >= 8 (Ampere and later), 'xla' everywhere else."""
+  device = device or jax.devices()[0]
+  nvidia = device.platform == 'gpu' and 'nvidia' in device.device_kind.lower()
+  ampere = float(getattr(device, 'compute_capability', 0) or 0) >= 8.0
+  return 'cudnn' if nvidia and ampere and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else 'xla'
+
+
 def _init(std: float, names: tuple):
   return nn.with_logical_partitioning(nn.initializers.normal(std), names)
 
@@ -86,7 +95,10 @@ class SelfAttention(nn.Module):
                                                  dtype=self.dtype)  # (B, H, T, S)
       y = jnp.einsum('bhts,bshd->bthd', weights, v)
     else:
-      y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)  # (B, T, H, D)
+      # cuDNN takes the causal mask as a flag; an explicit mask (padding, cached positions) goes to XLA
+      implementation = attention_implementation(q.dtype) if mask is None else 'xla'
+      y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                       implementation=implementation)  # (B, T, H, D)
     y = nn.DenseGeneral(C, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
                         kernel_init=_init(self.residual_std, ('heads', 'kv', 'embed')),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
@@ -130,6 +142,7 @@ class GPT(nn.Module):
   dtype: jnp.dtype = jnp.float32        # compute dtype; parameters are float32
   causal: bool = True                   # False: BERT's encoder (padding mask, MLM head; returns features)
   num_segments: int = 0                 # encoder: > 0 adds segment (token type) embeddings 'wtt'
+  remat: bool = False                   # recompute each block's activations in the backward pass (nn.remat)
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False, kv_cache: tuple[KVCache, ...] | None = None,
@@ -163,8 +176,9 @@ class GPT(nn.Module):
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     residual_std = 0.02 / np.sqrt(2 * self.num_layers)
     new_cache = []
+    block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block   # static: train (self is 0)
     for i in range(self.num_layers):
-      x, layer_cache = Block(self.num_heads, self.dropout_rate, self.use_bias, residual_std, self.dtype,
+      x, layer_cache = block(self.num_heads, self.dropout_rate, self.use_bias, residual_std, self.dtype,
                              self.causal, name=f'h_{i}')(x, train, None if kv_cache is None else kv_cache[i],
                                                          cache_index, padding_mask)
       new_cache.append(layer_cache)
