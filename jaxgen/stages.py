@@ -134,13 +134,13 @@ def _tokenize(config, stages: dict, previous):
   """(tokenize of the text encoder, the spec's facts of a joint encoder): the text stage's tokenizer, or one fitted
   to the train captions (recorded, so a resumed run keeps it)."""
   if 'text_encoder' in stages:
-    text_spec, joint = stages['text_encoder'].spec, {}
+    text_config, text_spec, joint = stages['text_encoder'].config, stages['text_encoder'].spec, {}
   else:
-    text_spec = previous.text if previous and 'text' in previous else _text_spec(config.text_encoder,
-                                                                                  _train_captions(config))
+    text_config = config.text_encoder
+    text_spec = previous.text if previous and 'text' in previous else _text_spec(text_config, _train_captions(config))
     joint = {'text': text_spec.to_dict()}
   tokenizer = tokenizers.from_json(json.loads(text_spec.tokenizer))
-  return bert.make_tokenize(tokenizer, config.text_encoder.model.block_size), joint
+  return bert.make_tokenize(tokenizer, text_config.model.block_size), joint
 
 
 def _latents(config, workdir: str, stages: dict, previous) -> data.Dataset:
