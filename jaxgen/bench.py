@@ -75,7 +75,7 @@ def compile_train_step(config, spec, family, mesh, batch):
   abstract = trainer.abstract_state(family, mesh, config.seed)
   step = trainer.jit_train_step(family, jax.tree.map(lambda x: x.sharding, abstract), mesh)
   t0 = time.perf_counter()
-  compiled = step.lower(abstract, batch, trainer.run_keys(config.seed)['train']).compile()
+  compiled = step.lower(abstract, batch, trainer.run_keys(config.seed)['train'], np.uint32(0)).compile()
   compile_s = time.perf_counter() - t0
   flops = _xla_flops(compiled)
   flops = flops and flops * mesh.devices.size
@@ -100,7 +100,7 @@ def bench_train(config, spec, family, mesh, state, steps: int, warmup: int):
   times = []
   for step in range(warmup + steps):
     t0 = time.perf_counter()
-    state, metrics = compiled(state, batch, jax.random.fold_in(train_keys, step))
+    state, metrics = compiled(state, batch, train_keys, np.uint32(step))
     jax.block_until_ready((state, metrics))
     if step >= warmup:
       times.append(time.perf_counter() - t0)

@@ -18,6 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from jaxgen import config as config_lib, data, families, files, timing
@@ -37,6 +38,30 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def state_is_finite(state) -> bool:
+  """True iff every floating-point value of `state` is finite, on every process. Checked on the host, shard by
+  shard (one replica of each), where the checkpoint copies it anyway: a separate device program would reduce
+  each leaf in its own kernel, and compiling those costs seconds on XLA:CPU."""
+  ok = all(np.isfinite(np.asarray(shard.data)).all()
+           for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)
+           for shard in x.addressable_shards if shard.replica_id == 0)
+  if jax.process_count() > 1:
+    ok = bool(np.all(multihost_utils.process_allgather(np.bool_(ok))))
+  return bool(ok)
+
+
+def mean_metrics(pending: list[dict]) -> dict[str, float]:
+  """The mean of each metric over the steps since the last log, NaNs (skipped steps) left out; on the host, so
+  that a log costs one device-to-host copy and no device programs."""
+  pending = jax.device_get(pending)
+  means = {}
+  for k in pending[0]:
+    values = np.array([m[k] for m in pending], np.float32)
+    values = values[~np.isnan(values)]
+    means[k] = float(values.mean()) if values.size else float('nan')
+  return means
+
+
 @functools.lru_cache(maxsize=8)     # one wrapper per step function: jax.jit's caches see the same function
 def _skipping_nonfinite(train_step):
   def step_fn(state, batch, rng):
@@ -48,11 +73,21 @@ def _skipping_nonfinite(train_step):
   return step_fn
 
 
+@functools.lru_cache(maxsize=8)     # one wrapper per step function: jax.jit's caches see the same function
+def _keyed(step_fn):
+  """step_fn with the step's key fold_in(key, step) made inside the program, not by a dispatch per step."""
+  @functools.wraps(step_fn)
+  def keyed(state, batch, key, step):
+    return step_fn(state, batch, jax.random.fold_in(key, step))
+  return keyed
+
+
 def jit_train_step(family, state_shardings, mesh, skip_nonfinite: bool = False):
-  """The family's step, jitted on the mesh. With skip_nonfinite, a step whose metrics or new state are not
-  finite leaves the state unchanged, reports skipped=1 and NaN for its other metrics (left out of the means)."""
+  """The family's step, jitted on the mesh, as fn(state, batch, key, step) -> (state, metrics) with the
+  family's rng = fold_in(key, step). With skip_nonfinite, a step whose metrics or new state are not finite
+  leaves the state unchanged, reports skipped=1 and NaN for its other metrics (left out of the means)."""
   step_fn = _skipping_nonfinite(family.train_step) if skip_nonfinite else family.train_step
-  return jax.jit(step_fn, in_shardings=(state_shardings, sharding.batch_sharding(mesh), None),
+  return jax.jit(_keyed(step_fn), in_shardings=(state_shardings, sharding.batch_sharding(mesh), None, None),
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
@@ -238,7 +273,6 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
   train_step = jit_train_step(family, state_shardings, mesh, config.skip_nonfinite)
   eval_step = jit_eval_step(family, state_shardings, mesh)
   bsharding = sharding.batch_sharding(mesh)
-  state_is_finite = jax.jit(all_finite)
   writer = RunWriter(workdir, resume_step=step, config=config)   # rows past the restored step are dropped
   peak = timing.peak_flops_per_device(jax.devices()[0])
   throughput = _Throughput(
@@ -265,8 +299,8 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
         if not pending:
           check_batch(family.batch_spec, local_batch, config.batch_size // jax.process_count())
         profiler.before(step + 1)
-        state, metrics = train_step(state, sharding.global_batch(local_batch, bsharding),
-                                    jax.random.fold_in(keys['train'], step))
+        state, metrics = train_step(state, sharding.global_batch(local_batch, bsharding), keys['train'],
+                                    np.uint32(step))
         step += 1
         profiler.after(step, metrics)
         bar.update(1)
@@ -276,8 +310,7 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
 
         if step % config.log_every_steps == 0 or done:
           # skipped steps (skip_nonfinite) are left out of the means; otherwise a non-finite value stops the run
-          means = jax.device_get(jax.tree.map(lambda *xs: jnp.nanmean(jnp.stack(xs)), *pending))
-          means = {k: float(v) for k, v in means.items()}
+          means = mean_metrics(pending)
           if not config.skip_nonfinite:
             check_finite(step, means)
           means.update(throughput.rates(step))
