@@ -1,4 +1,5 @@
 """VAE math: the analytic KL, the Bernoulli likelihood, and the IWAE bound's ordering."""
+import functools
 import math
 
 import jax
@@ -52,11 +53,12 @@ def trained_smoke_vae():
   for i, w in enumerate(rng.integers(2, 26, size=64)):
     bars[i, :, :w] = 1.0
   x = jnp.asarray(bars * 0.9 + 0.05)
-  params = model.init(jax.random.key(0), x[:1], jnp.zeros((1, 4)))['params']
+  params = jax.jit(model.init)(jax.random.key(0), x[:1], jnp.zeros((1, 4)))['params']
   tx = optax.adam(3e-3)
   opt_state = tx.init(params)
 
-  @jax.jit
+  # 300 runs of one small program: worth XLA's backend optimisation, which the tests otherwise skip (conftest)
+  @functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 2})
   def step(params, opt_state, key):
     loss = lambda p: jnp.mean(sum(vae.elbo_terms(model, p, x, key, 'bernoulli')))
     grads = jax.grad(loss)(params)
@@ -71,9 +73,10 @@ def trained_smoke_vae():
 def test_iwae_bound_is_above_the_elbo_and_tightens_with_k(trained_smoke_vae):
   model, params, x = trained_smoke_vae
   key = jax.random.key(1)
-  nll, kl = vae.elbo_terms(model, params, x, key, 'bernoulli')
+  nll, kl = jax.jit(vae.elbo_terms, static_argnums=(0, 4))(model, params, x, key, 'bernoulli')
   elbo = float(jnp.mean(-(nll + kl)))
-  bounds = [float(jnp.mean(vae.image_iwae_bound(model, params, x, key, k, 'bernoulli'))) for k in (1, 8, 64)]
+  iwae_bound = jax.jit(vae.image_iwae_bound, static_argnums=(0, 4, 5))
+  bounds = [float(jnp.mean(iwae_bound(model, params, x, key, k, 'bernoulli'))) for k in (1, 8, 64)]
   assert abs(bounds[0] - elbo) < 0.05 * abs(elbo)          # k = 1 is the ELBO (up to sampling noise)
   assert bounds[0] < bounds[1] < bounds[2]
   assert bounds[2] > elbo
