@@ -74,13 +74,13 @@ def _wait_for_step(workdir, step, proc, timeout=240):
   raise TimeoutError(f'step {step} not reached')
 
 
-LONG = ('--config.num_train_steps=150', '--config.log_every_steps=1', '--config.checkpoint_every_steps=7',
+LONG = ('--config.num_train_steps=80', '--config.log_every_steps=1', '--config.checkpoint_every_steps=7',
         '--config.eval_every_steps=1000', '--config.sample_every_steps=1000')
 
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
-  """The final parameters of the 150-step run, trained without interruption."""
+  """The final parameters of the 80-step run, trained without interruption."""
   tmp = tmp_path_factory.mktemp('straight')
   proc = _spawn(tmp / 'run', tmp, *LONG)
   out, err = proc.communicate(timeout=600)

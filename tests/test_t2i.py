@@ -149,15 +149,19 @@ def test_missing_or_changed_stages_are_refused_with_one_line(trained, scenes, tm
     build(copy)
 
 
-def test_resumed_run_on_given_stages_equals_the_straight_run(trained, scenes, tmp_path):
+def test_resumed_run_on_given_stages_equals_the_straight_run(trained, scenes, tmp_path, capsys):
+  """The straight run's step-2 checkpoint, resumed in a copy on the stages given by workdir, ends where it did;
+  a run on given stages records them as the run that trained them did."""
   workdir, straight = trained
   config = smoke_config(scenes, autoencoder_workdir=os.path.join(workdir, 'autoencoder'),
                         text_encoder_workdir=os.path.join(workdir, 'text_encoder'))
-  config.num_train_steps = 2
-  stages.train_and_evaluate(config.copy_and_resolve_references(), str(tmp_path / 'run'))
-  config.num_train_steps = 4
-  resumed = stages.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert checkpointing.load_spec(str(tmp_path / 'run')) == checkpointing.load_spec(workdir)
+  assert stages.spec(config, str(tmp_path / 'fresh')) == checkpointing.load_spec(workdir)
+  copy = tmp_path / 'run'
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('autoencoder', 'text_encoder'))
+  shutil.rmtree(copy / 'checkpoints' / '4')
+  assert sorted(os.listdir(copy / 'checkpoints')) == ['2']
+  resumed = stages.train_and_evaluate(config, str(copy))
+  assert f'resumed from {copy}/checkpoints/2' in capsys.readouterr().out
   assert resumed.frozen is not None and 'encoder' not in resumed.params       # the frozen BERT rides along
   for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -182,8 +186,9 @@ def test_guidance_is_the_negative_plus_w_times_the_difference_and_the_empty_prom
   tokens, mask = encode.tokenize(PROMPTS)
   empty = encode.tokenize([''])
   assert empty[1].sum() == 2 and list(empty[0][0, :2]) == [encode.tokenizer.token_id(t) for t in ('[CLS]', '[SEP]')]
-  cond = (encode.apply(encode.params, tokens, mask), mask)
-  null = (encode.apply(encode.params, *empty), empty[1])
+  text_features = jax.jit(encode.apply)
+  cond = (text_features(encode.params, tokens, mask), mask)
+  null = (text_features(encode.params, *empty), empty[1])
   params = _perturbed(state.sampling_params(), 0.05)                # a denoiser whose text matters
   eps_fn = jax.jit(lambda x, t, label: model.apply({'params': params}, x, t, label))
   x, t = np.float32(np.random.default_rng(0).standard_normal((2, 8, 8, 4))), np.array([10, 900])
@@ -207,14 +212,17 @@ def test_sampler_is_the_text_encoder_then_ddim_then_the_decoder(trained):
 
   tokens, mask = encode.tokenize(prompts)
   empty = encode.tokenize([''])
-  cond, null = (encode.apply(encode.params, tokens, mask), mask), (encode.apply(encode.params, *empty), empty[1])
+  text_features = jax.jit(encode.apply)
+  cond = (text_features(encode.params, tokens, mask), mask)
+  null = (text_features(encode.params, *empty), empty[1])
   params = state.sampling_params()
   eps_fn = lambda x, t, label: model.apply({'params': params}, x, t, label)
   sched = ddpm.make_schedule(config.model.beta_schedule, config.model.timesteps)
   z = jax.jit(lambda: ddpm.sample(ddpm.guided_eps_fn(eps_fn, w - 1, null), sched, key, (4, 8, 8, 4), steps, 'ddim',
                                   cond, 0.0, config.sampling.sigma))()
-  decoded = autoencoder_kl.make_model(ae_config, ae_spec).apply({'params': ae_params}, z / spec.latent_scale,
-                                                               method=AutoencoderKL.decode)
+  decode = jax.jit(lambda z: autoencoder_kl.make_model(ae_config, ae_spec).apply({'params': ae_params}, z,
+                                                                                 method=AutoencoderKL.decode))
+  decoded = decode(z / spec.latent_scale)
   expected = np.asarray(images.to_uint8(decoded, ae_config.data.pixel_range))
   assert np.abs(images_.astype(int) - expected).max() <= 1
 
