@@ -40,8 +40,9 @@ def all_finite(tree) -> jax.Array:
 
 def state_is_finite(state) -> bool:
   """True iff every floating-point value of `state` is finite, on every process. Checked on the host, shard by
-  shard (one replica of each), where the checkpoint copies it anyway: a separate device program would reduce
-  each leaf in its own kernel, and compiling those costs seconds on XLA:CPU."""
+  shard (one replica of each): on CPU the shards are read in place, on an accelerator it is one device-to-host
+  copy per checkpoint; a device program would reduce each leaf in its own kernel, and compiling that costs
+  seconds on XLA:CPU, more than a short run's steps."""
   ok = all(np.isfinite(np.asarray(shard.data)).all()
            for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)
            for shard in x.addressable_shards if shard.replica_id == 0)
