@@ -23,6 +23,7 @@ def get_config(preset: str = 'default'):
   c.model.use_bias = False
   c.model.position_embedding = 'learned'
   c.model.remat = False              # recompute each block's activations in the backward pass (memory)
+  c.model.scan_layers = False        # one nn.scan over the blocks: compiles one block, not num_layers
   c.model.dtype = 'bfloat16'
   c.batch_size = 480                 # 12 x 40 sequences of 1024 tokens: ~0.5M tokens per update
   c.grad_accum_steps = 40

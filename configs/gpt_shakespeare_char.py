@@ -20,6 +20,7 @@ def get_config(preset: str = 'default'):
   c.model.use_bias = False           # biases in Dense and LayerNorm
   c.model.position_embedding = 'learned'   # learned | sinusoidal
   c.model.remat = False              # recompute each block's activations in the backward pass (memory)
+  c.model.scan_layers = False        # one nn.scan over the blocks: compiles one block, not num_layers
   c.batch_size = 64
   c.grad_accum_steps = 1             # micro-batches per step (each batch_size / grad_accum_steps)
   c.learning_rate = 1e-3

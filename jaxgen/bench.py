@@ -69,8 +69,9 @@ def _xla_flops(compiled) -> float | None:
 def compile_train_step(config, spec, family, mesh, batch):
   """(the trainer's jitted step lowered on the abstract state and compiled, seconds taken, FLOPs per step).
 
-  FLOPs: XLA's cost analysis of the partitioned (per-device) program times the devices; with
-  grad_accum_steps = A > 1 that of the micro-batch step times A, as XLA counts a loop body once.
+  FLOPs: XLA's cost analysis of the partitioned (per-device) program times the devices. XLA counts a loop body
+  once: with grad_accum_steps = A > 1 they are the micro-batch step's times A, and with model.scan_layers those
+  of the same step with its layers unrolled (compiled once more, for the count only).
   """
   abstract = trainer.abstract_state(family, mesh, config.seed)
   step = trainer.jit_train_step(family, jax.tree.map(lambda x: x.sharding, abstract), mesh)
@@ -87,6 +88,10 @@ def compile_train_step(config, spec, family, mesh, batch):
                                                               sharding=x.sharding), batch)
     flops = compile_train_step(micro, spec, families.build(micro, spec), mesh, micro_batch)[2]
     flops = flops and flops * accum
+  elif flops and config.model.get('scan_layers'):
+    unrolled = config.copy_and_resolve_references()
+    unrolled.model.scan_layers = False
+    flops = compile_train_step(unrolled, spec, families.build(unrolled, spec), mesh, batch)[2]
   return compiled, compile_s, flops
 
 

@@ -33,7 +33,7 @@ import safetensors.numpy
 from jaxgen import files
 from jaxgen.data import tokenizers
 from jaxgen.errors import UserError
-from jaxgen.models.gpt import sinusoidal_positions
+from jaxgen.models.gpt import sinusoidal_positions, unstack_layers
 
 CHECKPOINT_FILES = ['config.json', '*.safetensors', 'model.safetensors.index.json', *tokenizers.GPT2_FILES,
                     'tokenizer_config.json', 'special_tokens_map.json']
@@ -161,7 +161,9 @@ def to_jaxgen(tensors: dict[str, np.ndarray], hf: dict, block_size: int | None =
 
 def from_jaxgen(params, block_size: int) -> dict[str, np.ndarray]:
   """HF GPT-2 tensors ('transformer.'-prefixed, float32, no lm_head: it is wte) of jaxgen GPT parameters; a
-  model without biases gets zero biases, and a sinusoidal one (no wpe) its position table of block_size rows."""
+  model without biases gets zero biases, and a sinusoidal one (no wpe) its position table of block_size rows;
+  scan_layers' stacked blocks are unstacked first."""
+  params = unstack_layers(params)
   C = params['wte']['embedding'].shape[1]
   out = {}
 

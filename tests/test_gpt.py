@@ -12,7 +12,7 @@ from configs.gpt_shakespeare_char import get_config
 from jaxgen import data
 from jaxgen.errors import UserError
 from jaxgen.families import gpt
-from jaxgen.models.gpt import GPT, init_kv_cache, sinusoidal_positions
+from jaxgen.models.gpt import GPT, init_kv_cache, sinusoidal_positions, stack_layers, unstack_layers
 from jaxgen.train import optim
 
 V, W = 37, 16   # vocab size, block size of the test models
@@ -225,6 +225,31 @@ def test_remat_recomputes_the_same_loss_and_gradients(tiny):
   (loss, grads), (loss_r, grads_r) = loss_and_grads(model), loss_and_grads(model.clone(remat=True))
   np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_r, grads)
+
+
+def test_scanned_layers_are_the_unrolled_layers_stacked(tiny):
+  """scan_layers (with and without remat): the parameters are the unrolled ones stacked on a 'layers' axis; with
+  them the logits, the gradients (stacked) and KV-cached decoding equal the unrolled model's."""
+  model, params = tiny
+  stacked = stack_layers(params)
+  assert jax.tree.map(np.shape, unstack_layers(stacked)) == jax.tree.map(np.shape, params)
+  jax.tree.map(np.testing.assert_array_equal, unstack_layers(stacked), params)
+  tokens = random_tokens((2, W + 1))
+  loss = lambda m: lambda p: optax.softmax_cross_entropy_with_integer_labels(
+      m.apply({'params': p}, tokens[:, :-1])[0], tokens[:, 1:]).mean()
+  loss_u, grads_u = jax.jit(jax.value_and_grad(loss(model)))(params)
+  prompt, key = np.asarray(tokens[:1, :3]), jax.random.key(5)
+  decoded = gpt.make_generate(model)(params, prompt, W + 4, 1.0, None, None, key, num_return_sequences=2)
+  for scanned in (model.clone(scan_layers=True), model.clone(scan_layers=True, remat=True)):
+    boxed = jax.eval_shape(scanned.init, jax.random.key(0), tokens[:, :-1])['params']
+    assert jax.tree.map(np.shape, nn.meta.unbox(boxed)) == jax.tree.map(np.shape, stacked)
+    assert boxed['h']['c_fc']['kernel'].names == ('layers', 'embed', 'mlp')
+    loss_s, grads_s = jax.jit(jax.value_and_grad(loss(scanned)))(stacked)
+    np.testing.assert_allclose(loss_s, loss_u, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_s, stack_layers(grads_u))
+  cached = gpt.make_generate(model.clone(scan_layers=True))(stacked, prompt, W + 4, 1.0, None, None, key,
+                                                            num_return_sequences=2)
+  np.testing.assert_array_equal(cached, decoded)          # past the block: the cache restarts, scanned too
 
 
 class FakeDevice:

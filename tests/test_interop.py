@@ -204,11 +204,15 @@ def finetune_config(folder, corpus_path, **overrides):
   return hf_gpt2.with_pretrained_shape(config)
 
 
-def test_init_from_sets_the_shape_and_tokenizer_and_seeds_step_0(checkpoint, tmp_path):
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_init_from_sets_the_shape_and_tokenizer_and_seeds_step_0(checkpoint, tmp_path, scan_layers):
+  """... with scan_layers too: the checkpoint's blocks stacked, and exported back unstacked to the same tensors."""
+  from jaxgen.models.gpt import stack_layers
   from jaxgen.train import sharding, state as train_state
   folder, _ = checkpoint
   (tmp_path / 'corpus.txt').write_text(CORPUS)
   config = finetune_config(folder, tmp_path / 'corpus.txt')
+  config.model.scan_layers = scan_layers
   assert (config.model.num_layers, config.model.num_heads, config.model.embed_dim, config.model.use_bias,
           config.data.tokenizer) == (2, 2, 16, True, 'gpt2')
   dataset = text.load(config, str(tmp_path / 'run'))
@@ -217,7 +221,11 @@ def test_init_from_sets_the_shape_and_tokenizer_and_seeds_step_0(checkpoint, tmp
   state, _ = train_state.create_state(family, mesh, config.seed)
   seeded = family.seed_state(state)
   want = hf_gpt2.load_params(folder, config.model.block_size)
+  tensors = hf_gpt2.from_jaxgen(want, config.model.block_size)
+  want = stack_layers(want) if scan_layers else want
   assert jax.tree.all(jax.tree.map(np.array_equal, jax.device_get(seeded.params), want))
+  exported = hf_gpt2.from_jaxgen(jax.device_get(seeded.params), config.model.block_size)
+  assert exported.keys() == tensors.keys() and all(np.array_equal(exported[k], tensors[k]) for k in tensors)
   moments = [x for path, x in jax.tree_util.tree_leaves_with_path(seeded.opt_state)
              if re.search(r'\.(mu|nu)\b', jax.tree_util.keystr(path))]
   assert int(seeded.step) == 0 and moments and not any(np.any(x) for x in moments)

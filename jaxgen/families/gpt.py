@@ -22,7 +22,7 @@ from jaxgen import evaluators, hf_gpt2, metrics, samples, timing
 from jaxgen.data import text, tokenizers
 from jaxgen.errors import UserError
 from jaxgen.families.base import Family, Feature
-from jaxgen.models.gpt import GPT, init_kv_cache
+from jaxgen.models.gpt import GPT, init_kv_cache, stack_layers
 from jaxgen.train import optim
 from jaxgen.train.state import TrainState
 
@@ -31,7 +31,8 @@ def make_model(model_config, vocab_size: int) -> GPT:
   m = model_config
   return GPT(vocab_size=vocab_size, block_size=m.block_size, num_layers=m.num_layers, num_heads=m.num_heads,
              embed_dim=m.embed_dim, dropout_rate=m.dropout, use_bias=m.use_bias,
-             position_embedding=m.position_embedding, dtype=jnp.dtype(m.dtype), remat=m.get('remat', False))
+             position_embedding=m.position_embedding, dtype=jnp.dtype(m.dtype), remat=m.get('remat', False),
+             scan_layers=m.get('scan_layers', False))
 
 
 def weight_decay_mask(params):
@@ -230,6 +231,8 @@ def build(config, spec) -> Family:
     """Step 0 from the Hugging Face GPT-2 config.init_from: its parameters (positions cut to block_size), a fresh
     optimizer state and EMA, laid out with the shardings of `state`; each device gets only its shards."""
     pretrained = hf_gpt2.load_params(config.init_from, config.model.block_size)
+    if model.scan_layers:
+      pretrained = stack_layers(pretrained)
     hf_gpt2.check_like(pretrained, state.params, config.init_from)
     params = jax.tree.map(lambda x, p: jax.make_array_from_callback(p.shape, p.sharding, lambda index: x[index]),
                           pretrained, state.params)

@@ -12,6 +12,10 @@ The causal model's parameters are exactly GPT's (no MLM head, no segment embeddi
 Parameters carry logical axis names ('vocab', 'embed', 'mlp', 'heads', 'kv') for sharding rules.
 Decoding passes an explicit `kv_cache` (one KVCache per layer) in and out: the tokens fed at
 `cache_index` write their keys/values there and attend to every cached position <= their own.
+
+With scan_layers the L blocks are one nn.scan over a Block whose parameters are stacked on a leading 'layers'
+axis ('h': each leaf (L, ...), where the unrolled model has 'h_0' ... 'h_{L-1}'), and the cache is one KVCache
+of (L, B, S, H, D): XLA compiles one block instead of L (stack_layers / unstack_layers convert parameters).
 """
 from typing import NamedTuple
 
@@ -27,11 +31,31 @@ class KVCache(NamedTuple):
   v: jax.Array  # (B, S, H, D)
 
 
-def init_kv_cache(model: 'GPT', batch_size: int) -> tuple[KVCache, ...]:
-  """Zeroed keys/values for `block_size` positions, one KVCache per layer, in the compute dtype."""
+def init_kv_cache(model: 'GPT', batch_size: int) -> tuple[KVCache, ...] | KVCache:
+  """Zeroed keys/values for `block_size` positions in the compute dtype: one KVCache per layer, or with
+  scan_layers one KVCache whose arrays have a leading layer axis."""
   shape = (batch_size, model.block_size, model.num_heads, model.embed_dim // model.num_heads)
+  if model.scan_layers:
+    zeros = jnp.zeros((model.num_layers, *shape), model.dtype)
+    return KVCache(zeros, zeros)
   zeros = jnp.zeros(shape, model.dtype)
   return tuple(KVCache(zeros, zeros) for _ in range(model.num_layers))
+
+
+def stack_layers(params: dict) -> dict:
+  """Unrolled GPT parameters ('h_0' ... 'h_{L-1}') -> scan_layers' ('h': every leaf stacked on axis 0)."""
+  layers = [params[f'h_{i}'] for i in range(sum(k.startswith('h_') for k in params))]
+  rest = {k: v for k, v in params.items() if not k.startswith('h_')}
+  return {**rest, 'h': jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *layers)}
+
+
+def unstack_layers(params: dict) -> dict:
+  """The inverse of stack_layers; unrolled parameters are returned as they are."""
+  if 'h' not in params:
+    return params
+  rest = {k: v for k, v in params.items() if k != 'h'}
+  num_layers = jax.tree.leaves(params['h'])[0].shape[0]
+  return {**rest, **{f'h_{i}': jax.tree.map(lambda x: np.asarray(x)[i], params['h']) for i in range(num_layers)}}
 
 
 def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
@@ -143,6 +167,7 @@ class GPT(nn.Module):
   causal: bool = True                   # False: BERT's encoder (padding mask, MLM head; returns features)
   num_segments: int = 0                 # encoder: > 0 adds segment (token type) embeddings 'wtt'
   remat: bool = False                   # recompute each block's activations in the backward pass (nn.remat)
+  scan_layers: bool = False             # one nn.scan over the blocks (parameters stacked on a 'layers' axis)
 
   @nn.compact
   def __call__(self, tokens, *, train: bool = False, kv_cache: tuple[KVCache, ...] | None = None,
@@ -175,17 +200,24 @@ class GPT(nn.Module):
                        embedding_init=_init(0.02, (None, 'embed')))(segments)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     residual_std = 0.02 / np.sqrt(2 * self.num_layers)
-    new_cache = []
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block   # static: train (self is 0)
-    for i in range(self.num_layers):
-      x, layer_cache = block(self.num_heads, self.dropout_rate, self.use_bias, residual_std, self.dtype,
-                             self.causal, name=f'h_{i}')(x, train, None if kv_cache is None else kv_cache[i],
-                                                         cache_index, padding_mask)
-      new_cache.append(layer_cache)
+    args = (self.num_heads, self.dropout_rate, self.use_bias, residual_std, self.dtype, self.causal)
+    if self.scan_layers:   # carry x; scan over the stacked parameters and the cache's layer axis
+      blocks = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                       in_axes=(nn.broadcast, 0, nn.broadcast, nn.broadcast), length=self.num_layers,
+                       metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, new_cache = blocks(*args, name='h')(x, train, kv_cache, cache_index, padding_mask)
+    else:
+      new_cache = []
+      for i in range(self.num_layers):
+        x, layer_cache = block(*args, name=f'h_{i}')(x, train, None if kv_cache is None else kv_cache[i],
+                                                     cache_index, padding_mask)
+        new_cache.append(layer_cache)
+      new_cache = tuple(new_cache)
     x = _layer_norm(self.use_bias, self.dtype, 'ln_f')(x)
     if self.causal:
       logits = wte.attend(x).astype(jnp.float32)  # weight tying: (B, T, V)
-      return logits, None if kv_cache is None else tuple(new_cache)
+      return logits, None if kv_cache is None else new_cache
     h = nn.Dense(self.embed_dim, dtype=self.dtype, name='mlm_dense', kernel_init=_init(0.02, (None, 'embed')),
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(x)
     h = _layer_norm(True, self.dtype, 'mlm_ln')(nn.gelu(h))

@@ -29,6 +29,7 @@ LOGICAL_AXIS_RULES = (
     ('mlp', None),
     ('heads', None),
     ('kv', None),
+    ('layers', None),      # scan_layers' stacked blocks: every device holds every layer's shard
 )
 FSDP_MIN_SIZE = 2**14   # elements; gathering a smaller unannotated leaf costs more time than it saves memory
 
