@@ -141,7 +141,8 @@ def bench_sampler(family, state, num: int | None, repeats: int, **options):
 
 def bench_data(config, family, steps: int, warmup: int) -> dict:
   with tempfile.TemporaryDirectory() as workdir:
-    batches = stages.resolve(config, workdir).train_iterator()
+    dataset = stages.resolve(config, workdir)
+    batches = (dataset.wire or dataset).train_iterator()     # what the trainer reads
     for _ in range(warmup):
       next(batches)
     times = []

@@ -145,8 +145,7 @@ def _tokenize(config, stages: dict, previous):
 
 def _latents(config, workdir: str, stages: dict, previous) -> data.Dataset:
   ae = stages['autoencoder']
-  lo, hi = ae.config.data.pixel_range
-  pixels = (lo + np.arange(256) / 255 * (hi - lo)).astype(np.float32)   # uint8 -> the autoencoder's range
+  pixels = image_source.pixel_table(ae.config.data.pixel_range)        # uint8 -> the autoencoder's range
   encode = ae.family.make_encoder(ae.state)
 
   def latent(batch):

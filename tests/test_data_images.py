@@ -81,6 +81,23 @@ def test_pixels_scale_exactly_to_pixel_range(config, pixel_range):
     assert image[raw == 0].min() == lo and image[raw == 255].max() == hi
 
 
+@pytest.mark.parametrize('pixel_range', [(-1.0, 1.0), (0.0, 1.0)])
+def test_the_trainers_wire_batches_are_uint8_and_map_back_to_the_same_floats(config, pixel_range, monkeypatch):
+  """Dataset.wire: the same batches with uint8 pixels (a quarter of the bytes to the device); to_model gives
+  train_iterator's floats bit for bit, on the host and inside jit (where the trainer applies it)."""
+  monkeypatch.setattr(images, '_online', lambda builder: True)      # the mock's download_and_prepare does nothing
+  config.data.pixel_range = pixel_range
+  dataset = images.load(config, '')
+  floats, wire = _take(dataset.train_iterator(), 3), _take(dataset.wire.train_iterator(), 3)
+  to_model = jax.jit(dataset.wire.to_model)
+  for f, w in zip(floats, wire):
+    assert w['image'].dtype == np.uint8 and w['image'].nbytes * 4 == f['image'].nbytes
+    np.testing.assert_array_equal(w['label'], f['label'])
+    for mapped in (dataset.wire.to_model(w), to_model(w)):
+      assert mapped['image'].dtype == np.float32
+      np.testing.assert_array_equal(np.asarray(mapped['image']), f['image'])
+
+
 def test_each_epoch_is_a_new_permutation(config):
   it = images.train_iterator(config)
   per_epoch = NUM_TRAIN // 8

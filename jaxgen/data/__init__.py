@@ -16,7 +16,7 @@ iterable of this process's test batches. Each process keeps its rows of the same
 """
 import importlib
 
-from jaxgen.data.base import Dataset, ProcessRows, make_spec, spec_from_json, spec_to_json  # noqa: F401
+from jaxgen.data.base import Dataset, ProcessRows, Wire, make_spec, spec_from_json, spec_to_json  # noqa: F401
 from jaxgen.errors import UserError
 
 MODALITIES = {'image': 'jaxgen.data.images', 'text': 'jaxgen.data.text', 'sentences': 'jaxgen.data.sentences',

@@ -9,10 +9,19 @@ import ml_collections
 from jaxgen.errors import UserError
 
 
+class Wire(NamedTuple):
+  """The trainer's train batches in a compact form for the trip to the device (uint8 pixels: a quarter of the
+  bytes of float32), and the jittable map back: to_model(next(train_iterator())) equals the Dataset's
+  next(train_iterator()) bit for bit. The trainer applies to_model inside its jitted step."""
+  train_iterator: Callable[[], Iterator[dict]]
+  to_model: Callable[[dict], dict]
+
+
 class Dataset(NamedTuple):
   spec: ml_collections.FrozenConfigDict
   train_iterator: Callable[[], Iterator[dict]]
   eval_batches: Callable[[], Iterable[dict]]
+  wire: Wire | None = None         # None: the trainer sends train_iterator's batches as they are
 
 
 def make_spec(**facts) -> ml_collections.FrozenConfigDict:

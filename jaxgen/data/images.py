@@ -10,6 +10,7 @@ Process p of n reads the p-th of n contiguous blocks of each global batch, so th
 concatenation over processes) is the same, row for row, whatever the number of processes.
 """
 import fcntl
+import functools
 import glob
 import importlib
 import importlib.util
@@ -23,6 +24,7 @@ import urllib.request
 from absl import flags
 import grain
 import jax
+import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 from PIL import Image
@@ -39,8 +41,33 @@ def load(config, workdir: str) -> base.Dataset:
   """Prepares the dataset as ArrayRecord in data.data_dir if needed; its spec and iterators."""
   del workdir
   builder = prepare(config)
+  wire = base.Wire(lambda: train_iterator(config, functools.partial(_read_images, wire=True)),
+                   to_pixel_range(config.data.pixel_range))
   return base.Dataset(_spec(config, builder.info.features), lambda: train_iterator(config),
-                      lambda: eval_batches(config))
+                      lambda: eval_batches(config), wire)
+
+
+def pixel_table(pixel_range) -> np.ndarray:
+  """float32 (256,): lo + x / 255 (hi - lo) for each uint8 pixel value x, rounded once from float64."""
+  lo, hi = pixel_range
+  return (lo + np.arange(256) / 255 * (hi - lo)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)   # one function per range: the trainer's jitted step is reused across runs
+def _to_pixel_range(pixel_range: tuple[float, float]):
+  table = pixel_table(pixel_range)
+
+  def to_model(batch):
+    image = batch['image']
+    return {**batch, 'image': table[image] if isinstance(image, np.ndarray) else jnp.asarray(table)[image]}
+
+  return to_model
+
+
+def to_pixel_range(pixel_range):
+  """to_model of the uint8 wire batches: batch['image'] uint8 -> pixel_table[image] (numpy on numpy arrays, a
+  gather inside jit), the exact floats ReadBatch gives; the other entries as they are."""
+  return _to_pixel_range(tuple(float(x) for x in pixel_range))
 
 
 # TFDS builders that jaxgen defines: importing the module registers the builder with TFDS, done on first use
@@ -220,20 +247,18 @@ def read_examples(source, indices) -> list[dict]:
 
 class ReadBatch(grain.transforms.Map):
   """Indices (B,) -> one batched read of those examples from a TFDS data source, decoded and stacked:
-  {'image': float32 (B, H, W, C) = lo + x / 255 * (hi - lo) for uint8 pixels x (center-cropped and resized
-  first where crop / size are set), 'label': int32 (B,) (where the dataset has labels)}."""
+  {'image': float32 (B, H, W, C) = pixel_table[x] for uint8 pixels x (center-cropped and resized first where
+  crop / size are set; with wire, x itself), 'label': int32 (B,) (where the dataset has labels)}."""
 
-  def __init__(self, source, pixel_range, crop: int = 0, size: int = 0, labels: bool = True):
+  def __init__(self, source, pixel_range, crop: int = 0, size: int = 0, labels: bool = True, wire: bool = False):
     self.source, self.crop, self.size, self.labels = source, crop, size, labels
-    lo, hi = pixel_range
-    self.table = (lo + np.arange(256) / 255 * (hi - lo)).astype(np.float32)  # rounded once, from float64
+    self.table = None if wire else pixel_table(pixel_range)
 
   def map(self, indices):
     examples = read_examples(self.source, indices)
     image = np.stack([center_crop_resize(e['image'], self.crop, self.size) for e in examples])  # uint8 (B, H, W, C)
-    if not self.labels:
-      return {'image': self.table[image]}
-    return {'image': self.table[image], 'label': np.array([e['label'] for e in examples], np.int32)}
+    batch = {'image': image if self.table is None else self.table[image]}
+    return batch | ({'label': np.array([e['label'] for e in examples], np.int32)} if self.labels else {})
 
 
 def _source(config, split: str):
@@ -246,9 +271,9 @@ def _read_options(config) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=config.data.prefetch, prefetch_buffer_size=config.data.prefetch)
 
 
-def _read_images(config, source) -> grain.transforms.Map:
+def _read_images(config, source, wire: bool = False) -> grain.transforms.Map:
   features = tfds.builder(config.data.name, data_dir=config.data.data_dir).info.features
-  return ReadBatch(source, config.data.pixel_range, *_crop_and_size(config), labels='label' in features)
+  return ReadBatch(source, config.data.pixel_range, *_crop_and_size(config), labels='label' in features, wire=wire)
 
 
 class _WithEpoch:

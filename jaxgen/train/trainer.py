@@ -75,20 +75,23 @@ def _skipping_nonfinite(train_step):
 
 
 @functools.lru_cache(maxsize=8)     # one wrapper per step function: jax.jit's caches see the same function
-def _keyed(step_fn):
-  """step_fn with the step's key fold_in(key, step) made inside the program, not by a dispatch per step."""
+def _keyed(step_fn, to_model=None):
+  """step_fn with the step's key fold_in(key, step) made inside the program, not by a dispatch per step, and
+  the batch mapped by to_model there (a data Wire's: uint8 pixels to the model's floats on the device)."""
   @functools.wraps(step_fn)
   def keyed(state, batch, key, step):
-    return step_fn(state, batch, jax.random.fold_in(key, step))
+    return step_fn(state, batch if to_model is None else to_model(batch), jax.random.fold_in(key, step))
   return keyed
 
 
-def jit_train_step(family, state_shardings, mesh, skip_nonfinite: bool = False):
+def jit_train_step(family, state_shardings, mesh, skip_nonfinite: bool = False, to_model=None):
   """The family's step, jitted on the mesh, as fn(state, batch, key, step) -> (state, metrics) with the
-  family's rng = fold_in(key, step). With skip_nonfinite, a step whose metrics or new state are not finite
-  leaves the state unchanged, reports skipped=1 and NaN for its other metrics (left out of the means)."""
+  family's rng = fold_in(key, step) and batch to_model(batch) (None: as given). With skip_nonfinite, a step
+  whose metrics or new state are not finite leaves the state unchanged, reports skipped=1 and NaN for its other
+  metrics (left out of the means)."""
   step_fn = _skipping_nonfinite(family.train_step) if skip_nonfinite else family.train_step
-  return jax.jit(_keyed(step_fn), in_shardings=(state_shardings, sharding.batch_sharding(mesh), None, None),
+  return jax.jit(_keyed(step_fn, to_model),
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh), None, None),
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
@@ -133,8 +136,9 @@ class StopRequest:
 
 
 def check_batch(batch_spec, local_batch, rows: int) -> None:
-  """The data source's batch has the names, per-example shapes and dtypes the family declared."""
-  got = {k: (tuple(np.shape(v)), np.asarray(v).dtype) for k, v in local_batch.items()}
+  """The data source's batch (arrays, or their jax.ShapeDtypeStructs) has the names, per-example shapes and dtypes
+  the family declared."""
+  got = {k: (tuple(np.shape(v)), np.dtype(v.dtype)) for k, v in local_batch.items()}
   want = {k: ((rows, *f.shape), np.dtype(f.dtype)) for k, f in batch_spec.items()}
   if got != want:
     show = lambda d: ', '.join(f'{k}: {t} {s}' for k, (s, t) in sorted(d.items()))
@@ -257,7 +261,9 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
   keys = run_keys(config.seed)
 
   state, state_shardings = create_state(family, mesh, config.seed)
-  train_iter = dataset.train_iterator()
+  wire = dataset.wire or data.Wire(dataset.train_iterator, None)
+  train_iter = wire.train_iterator()
+  to_model = wire.to_model or (lambda batch: batch)
   mngr = checkpointing.manager(workdir, keep=config.keep_checkpoints)
   step = 0
   if mngr.latest_step() is not None:
@@ -271,7 +277,7 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
     print(f'{workdir} is already trained to step {step} (num_train_steps={config.num_train_steps})')
     return state
 
-  train_step = jit_train_step(family, state_shardings, mesh, config.skip_nonfinite)
+  train_step = jit_train_step(family, state_shardings, mesh, config.skip_nonfinite, wire.to_model)
   eval_step = jit_eval_step(family, state_shardings, mesh)
   bsharding = sharding.batch_sharding(mesh)
   writer = RunWriter(workdir, resume_step=step, config=config)   # rows past the restored step are dropped
@@ -298,7 +304,8 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
       while step < config.num_train_steps and stop.signal is None:
         local_batch = next(train_iter)              # this process's numpy share of the global batch
         if not pending:
-          check_batch(family.batch_spec, local_batch, config.batch_size // jax.process_count())
+          check_batch(family.batch_spec, jax.eval_shape(to_model, local_batch),
+                      config.batch_size // jax.process_count())
         profiler.before(step + 1)
         state, metrics = train_step(state, sharding.global_batch(local_batch, bsharding), keys['train'],
                                     np.uint32(step))
@@ -326,7 +333,7 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
           bar.write(f'step {step}: ' + ', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items()))
         if step % config.sample_every_steps == 0 or step == config.num_train_steps:
           paths = writer.samples(step, family.sample_kind,
-                                 family.preview(state, local_batch, jax.random.fold_in(keys['sample'], step)))
+                                 family.preview(state, to_model(local_batch), jax.random.fold_in(keys['sample'], step)))
           if paths:
             bar.write(f'step {step}: samples in {", ".join(paths)}')
         if step % config.checkpoint_every_steps == 0 or done:

@@ -31,8 +31,9 @@ def preempted(config, workdir, stop_at: int) -> None:
   real_train = trainer.train
 
   def train_preempted(config, workdir, dataset):       # a fresh workdir: batch number stop_at is step stop_at's
-    iterator = lambda: _term_at(dataset.train_iterator(), stop_at)
-    return real_train(config, workdir, base.Dataset(dataset.spec, iterator, dataset.eval_batches))
+    wire = dataset.wire or base.Wire(dataset.train_iterator, None)
+    preempting = wire._replace(train_iterator=lambda: _term_at(wire.train_iterator(), stop_at))
+    return real_train(config, workdir, dataset._replace(wire=preempting))
 
   with pytest.MonkeyPatch.context() as patch, pytest.raises(trainer.Stopped):
     patch.setattr(trainer, 'train', train_preempted)
