@@ -13,6 +13,8 @@ train_iterator() is an infinite, checkpointable Grain iterator of this process's
 batch (dicts of numpy arrays with leading axis batch_size / process_count); eval_batches() a finite
 iterable of this process's test batches. Each process keeps its rows of the same global batches
 (ProcessRows), so a run's global batches are the same, row for row, on any number of processes.
+A Dataset's optional wire (base.Wire) is what the trainer reads instead: the same batches in a compact form
+(image datasets: uint8 pixels) and the jittable to_model that its jitted step applies on the device.
 """
 import importlib
 
