@@ -12,7 +12,8 @@ from configs.gpt_shakespeare_char import get_config
 from jaxgen import data
 from jaxgen.errors import UserError
 from jaxgen.families import gpt
-from jaxgen.models.gpt import GPT, init_kv_cache, sinusoidal_positions, stack_layers, unstack_layers
+from jaxgen.models.gpt import (GPT, dense_dot_general, init_kv_cache, sinusoidal_positions, stack_layers,
+                               unstack_layers)
 from jaxgen.train import optim
 
 V, W = 37, 16   # vocab size, block size of the test models
@@ -225,6 +226,24 @@ def test_remat_recomputes_the_same_loss_and_gradients(tiny):
   (loss, grads), (loss_r, grads_r) = loss_and_grads(model), loss_and_grads(model.clone(remat=True))
   np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads_r, grads)
+
+
+@pytest.mark.parametrize('x_shape, w_shape, contract', [((2, 5, 8), (8, 3, 2, 4), 1),    # c_attn: C -> (3, H, D)
+                                                       ((2, 5, 2, 4), (2, 4, 8), 2),    # c_proj: (H, D) -> C
+                                                       ((10, 8), (8, 6), 1)])           # Dense
+def test_dense_dot_general_and_its_weight_gradient_are_lax_dot_generals(x_shape, w_shape, contract):
+  """The Transformer's Dense kernels go through dense_dot_general (a 2-D matmul whose VJP forms dW = (dy^T x)^T):
+  its values and both gradients equal lax.dot_general's."""
+  rng = np.random.default_rng(0)
+  x, w = np.float32(rng.standard_normal(x_shape)), np.float32(rng.standard_normal(w_shape))
+  dims = ((tuple(range(len(x_shape) - contract, len(x_shape))), tuple(range(contract))), ((), ()))
+  loss = lambda dot: lambda x, w: jnp.sum(jnp.sin(dot(x, w, dims)))
+  ours, ref = jax.jit(jax.value_and_grad(loss(dense_dot_general), (0, 1))), jax.jit(
+      jax.value_and_grad(loss(jax.lax.dot_general), (0, 1)))
+  (v, (dx, dw)), (v_ref, (dx_ref, dw_ref)) = ours(x, w), ref(x, w)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_scanned_layers_are_the_unrolled_layers_stacked(tiny):
