@@ -14,7 +14,7 @@ class Wire(NamedTuple):
   bytes of float32), and the jittable map back: to_model(next(train_iterator())) equals the Dataset's
   next(train_iterator()) bit for bit. The trainer applies to_model inside its jitted step."""
   train_iterator: Callable[[], Iterator[dict]]
-  to_model: Callable[[dict], dict]
+  to_model: Callable[[dict], dict] | None      # None: the batches are what the family reads
 
 
 class Dataset(NamedTuple):

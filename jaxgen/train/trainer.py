@@ -304,8 +304,8 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
       while step < config.num_train_steps and stop.signal is None:
         local_batch = next(train_iter)              # this process's numpy share of the global batch
         if not pending:
-          check_batch(family.batch_spec, jax.eval_shape(to_model, local_batch),
-                      config.batch_size // jax.process_count())
+          check_batch(family.batch_spec, local_batch if wire.to_model is None else
+                      jax.eval_shape(wire.to_model, local_batch), config.batch_size // jax.process_count())
         profiler.before(step + 1)
         state, metrics = train_step(state, sharding.global_batch(local_batch, bsharding), keys['train'],
                                     np.uint32(step))
