@@ -145,12 +145,12 @@ def _tokenize(config, stages: dict, previous):
 
 def _latents(config, workdir: str, stages: dict, previous) -> data.Dataset:
   ae = stages['autoencoder']
-  pixels = image_source.pixel_table(ae.config.data.pixel_range)        # uint8 -> the autoencoder's range
+  to_float = image_source.to_pixel_range(tuple(ae.config.data.pixel_range))   # uint8 -> the autoencoder's range
   encode = ae.family.make_encoder(ae.state)
 
   def latent(batch):
     image = batch['image']
-    return np.asarray(encode({'image': image if image.dtype.kind == 'f' else pixels[image]}))
+    return np.asarray(encode({'image': image} if image.dtype.kind == 'f' else to_float({'image': image})))
 
   source = config.copy_and_resolve_references()     # this run's batches of the autoencoder's images
   source.data.pixel_range = ae.config.data.pixel_range

@@ -42,7 +42,7 @@ def load(config, workdir: str) -> base.Dataset:
   del workdir
   builder = prepare(config)
   wire = base.Wire(lambda: train_iterator(config, functools.partial(_read_images, wire=True)),
-                   to_pixel_range(config.data.pixel_range))
+                   to_pixel_range(tuple(config.data.pixel_range)))
   return base.Dataset(_spec(config, builder.info.features), lambda: train_iterator(config),
                       lambda: eval_batches(config), wire)
 
@@ -54,7 +54,9 @@ def pixel_table(pixel_range) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)   # one function per range: the trainer's jitted step is reused across runs
-def _to_pixel_range(pixel_range: tuple[float, float]):
+def to_pixel_range(pixel_range: tuple[float, float]):
+  """to_model of the uint8 wire batches: batch['image'] uint8 -> pixel_table[image] (numpy on numpy arrays, a
+  gather inside jit), the exact floats ReadBatch gives; the other entries as they are."""
   table = pixel_table(pixel_range)
 
   def to_model(batch):
@@ -62,12 +64,6 @@ def _to_pixel_range(pixel_range: tuple[float, float]):
     return {**batch, 'image': table[image] if isinstance(image, np.ndarray) else jnp.asarray(table)[image]}
 
   return to_model
-
-
-def to_pixel_range(pixel_range):
-  """to_model of the uint8 wire batches: batch['image'] uint8 -> pixel_table[image] (numpy on numpy arrays, a
-  gather inside jit), the exact floats ReadBatch gives; the other entries as they are."""
-  return _to_pixel_range(tuple(float(x) for x in pixel_range))
 
 
 # TFDS builders that jaxgen defines: importing the module registers the builder with TFDS, done on first use
