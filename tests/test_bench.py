@@ -173,3 +173,23 @@ def test_data_bench_reads_the_real_pipeline(tmp_path):
   assert record['batches'] == 3 and record['batch_size'] == config.batch_size
   assert record['tokens_per_s'] == pytest.approx(record['examples_per_s'] * config.model.block_size)
   assert_positive_figures(record)
+
+
+def test_jaxgen_keeps_cpu_convolutions_off_ynnpack_unless_the_user_chose():
+  """Importing jaxgen appends the flag that keeps XLA:CPU convolutions on Eigen (twice YNNPACK's rate here), and
+  leaves a user's own YNNPACK setting alone."""
+  from importlib import metadata
+  if tuple(int(p) for p in metadata.version('jaxlib').split('.')[:3]) < (0, 8, 2):
+    pytest.skip('jaxlib < 0.8.2 has no YNNPACK convolutions')
+  probe = ('import os, jaxgen, jax, jax.numpy as jnp\n'
+           'conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", '
+           'dimension_numbers=("NHWC", "HWIO", "NHWC")))\n'
+           'hlo = conv.lower(jnp.ones((1, 16, 16, 32)), jnp.ones((3, 3, 32, 32))).compile().as_text()\n'
+           'print(os.environ["XLA_FLAGS"]); print("__ynn_fusion" in hlo)')
+  def probe_with(xla_flags):
+    env = dict(os.environ, XLA_FLAGS=xla_flags)
+    out = subprocess.run([sys.executable, '-c', probe], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.split('\n')[:2]
+  assert probe_with('') == ['--xla_cpu_experimental_ynn_fusion_type=-individual_convolution', 'False']
+  users = '--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution'
+  assert probe_with(users) == [users, 'True']
