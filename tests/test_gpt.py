@@ -288,3 +288,24 @@ class FakeDevice:
 def test_attention_goes_to_cudnn_only_for_half_types_on_recent_nvidia_gpus(device, dtype, expected):
   from jaxgen.models.gpt import attention_implementation
   assert attention_implementation(dtype, device) == expected
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_softmax_attention_is_dot_product_attention_for_causal_padding_and_cache_masks(dtype):
+  """The CPU attention equals jax.nn.dot_product_attention's XLA path: values and the three gradients, causal,
+  with a padding mask (B, 1, 1, S), and with the KV cache's (1, 1, T, S) mask of positions <= index + t."""
+  from jaxgen.models.gpt import softmax_attention
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 5, 3, 4)), dtype) for _ in range(3))
+  padding = jnp.asarray([[True] * 5, [True, True, True, False, False]])[:, None, None, :]
+  cache = (jnp.arange(5)[None, :] <= 1 + jnp.arange(5)[:, None])[None, None]
+  tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  for mask, is_causal in ((None, True), (padding, False), (padding, True), (cache, False)):
+    ours = lambda q, k, v: softmax_attention(q, k, v, mask, is_causal)
+    reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    np.testing.assert_allclose(np.asarray(ours(q, k, v), np.float32), np.asarray(reference(q, k, v), np.float32),
+                               **tolerance)
+    grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a).astype(jnp.float32) ** 2), argnums=(0, 1, 2))(q, k, v)
+             for f in (ours, reference)]
+    for a, b in zip(*grads):
+      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tolerance)

@@ -75,6 +75,22 @@ def attention_implementation(dtype, device=None) -> str:
   return 'cudnn' if nvidia and ampere and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else 'xla'
 
 
+def softmax_attention(q, k, v, mask=None, is_causal: bool = False):
+  """softmax(q k^T / sqrt(D)) v per head, keys left out where mask (broadcast to (B, N, T, S)) is False and, with
+  is_causal, after the query (T == S); q (B, T, N, D), k and v (B, S, N, D) -> (B, T, N, D). What
+  jax.nn.dot_product_attention's XLA path computes (scores and softmax in float32); this form runs forward +
+  backward ~1.6x faster on XLA:CPU at the GPT's shapes (1.5 vs 2.5 ms at B 12, T 64, 4 heads of 32)."""
+  scores = jnp.einsum('btnd,bsnd->bnts', q, k, preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+  scores = scores * (1.0 / np.sqrt(q.shape[-1]))                                           # (B, N, T, S)
+  if is_causal:
+    causal = np.tril(np.ones(scores.shape[-2:], bool))
+    mask = causal if mask is None else jnp.logical_and(mask, causal)
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum('bnts,bsnd->btnd', weights, v)
+
+
 @jax.custom_vjp
 def _matmul(x, w):
   """x (M, K) @ w (K, N) whose VJP forms the weight gradient as (dy^T x)^T, not x^T dy: XLA:CPU runs that dot at
@@ -153,8 +169,10 @@ class SelfAttention(nn.Module):
     else:
       # cuDNN takes the causal mask as a flag; an explicit mask (padding, cached positions) goes to XLA
       implementation = attention_implementation(q.dtype) if mask is None else 'xla'
-      y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                       implementation=implementation)  # (B, T, H, D)
+      if jax.default_backend() == 'cpu':
+        y = softmax_attention(q, k, v, mask, is_causal)                        # (B, T, H, D)
+      else:
+        y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation=implementation)
     y = nn.DenseGeneral(C, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, dot_general=dense_dot_general,
                         kernel_init=_init(self.residual_std, ('heads', 'kv', 'embed')),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
