@@ -13,17 +13,18 @@ import os as _os
 
 
 def _set_cpu_xla_flags():
-  """Keep XLA:CPU's convolutions on its Eigen kernels: from jaxlib 0.8.2 XLA:CPU hands them to YNNPACK by
-  default, which runs jaxgen's UNet convolutions at about half the rate (75-95 vs 165-183 GFLOP/s at 3x3,
-  28x28 to 7x7, 32-128 channels, batch 32 on 2 AVX2 cores; docs/performance.md). Appended to XLA_FLAGS before
-  JAX starts its backends unless the user already chose a YNNPACK fusion set; CPU only, GPUs and TPUs ignore it."""
-  from importlib import metadata
+  """Keep XLA:CPU's convolutions on its Eigen kernels: jaxlib 0.10 hands them to YNNPACK by default (0.8.2 is the
+  first with that fusion type), which runs jaxgen's UNet convolutions at half the rate (78-91 vs 164-183 GFLOP/s
+  at 3x3, 28x28 to 7x7, 32-128 channels, batch 32 on a 2-core EPYC; docs/performance.md). Appended to XLA_FLAGS
+  before JAX starts its backends unless the user already chose a YNNPACK fusion set; CPU only, GPUs and TPUs
+  ignore it."""
   flags = _os.environ.get('XLA_FLAGS', '')
   if 'xla_cpu_experimental_ynn_fusion_type' in flags:
     return
+  import jaxlib.version   # what jax imports anyway (importlib.metadata would add ~30 ms to every start-up)
   try:
-    version = tuple(int(part) for part in metadata.version('jaxlib').split('.')[:3])
-  except (metadata.PackageNotFoundError, ValueError):
+    version = tuple(int(part) for part in jaxlib.version.__version__.split('.')[:3])
+  except ValueError:
     return
   if version >= (0, 8, 2):   # older jaxlibs have no such fusion type (and reject unknown flags)
     _os.environ['XLA_FLAGS'] = f'{flags} --xla_cpu_experimental_ynn_fusion_type=-individual_convolution'.strip()

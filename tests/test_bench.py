@@ -178,8 +178,8 @@ def test_data_bench_reads_the_real_pipeline(tmp_path):
 def test_jaxgen_keeps_cpu_convolutions_off_ynnpack_unless_the_user_chose():
   """Importing jaxgen appends the flag that keeps XLA:CPU convolutions on Eigen (twice YNNPACK's rate here), and
   leaves a user's own YNNPACK setting alone."""
-  from importlib import metadata
-  if tuple(int(p) for p in metadata.version('jaxlib').split('.')[:3]) < (0, 8, 2):
+  import jaxlib.version
+  if tuple(int(p) for p in jaxlib.version.__version__.split('.')[:3]) < (0, 8, 2):
     pytest.skip('jaxlib < 0.8.2 has no YNNPACK convolutions')
   probe = ('import os, jaxgen, jax, jax.numpy as jnp\n'
            'conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", '
