@@ -167,11 +167,10 @@ class SelfAttention(nn.Module):
                                                  dtype=self.dtype)  # (B, H, T, S)
       y = jnp.einsum('bhts,bshd->bthd', weights, v)
     else:
-      # cuDNN takes the causal mask as a flag; an explicit mask (padding, cached positions) goes to XLA
-      implementation = attention_implementation(q.dtype) if mask is None else 'xla'
       if jax.default_backend() == 'cpu':
         y = softmax_attention(q, k, v, mask, is_causal)                        # (B, T, H, D)
-      else:
+      else:   # cuDNN takes the causal mask as a flag; an explicit mask (padding, cached positions) goes to XLA
+        implementation = attention_implementation(q.dtype) if mask is None else 'xla'
         y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation=implementation)
     y = nn.DenseGeneral(C, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, dot_general=dense_dot_general,
                         kernel_init=_init(self.residual_std, ('heads', 'kv', 'embed')),
