@@ -2,7 +2,6 @@
 
 Randomness: keys derive from (seed, step) only (`run_keys`), so any step can be recomputed.
 """
-import functools
 from typing import Any
 
 import flax
@@ -44,22 +43,23 @@ def run_keys(seed: int) -> dict[str, jax.Array]:
   return dict(zip(('init', 'train', 'eval', 'sample'), jax.random.split(jax.random.key(seed), 4)))
 
 
+def _boxed_shardings(family, mesh, seed: int):
+  """(boxed ShapeDtypeStructs of the state `family.init` makes, their NamedShardings on `mesh`)."""
+  boxed = jax.eval_shape(family.init, run_keys(seed)['init'])
+  return boxed, sharding.state_shardings(boxed, mesh)
+
+
 def abstract_state(family, mesh, seed: int):
   """ShapeDtypeStructs, with their NamedShardings on `mesh`, of the state `family.init` makes."""
-  boxed = jax.eval_shape(family.init, run_keys(seed)['init'])
-  shardings = sharding.state_shardings(boxed, mesh)
+  boxed, shardings = _boxed_shardings(family, mesh, seed)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.meta.unbox(boxed), shardings)
 
 
-@functools.lru_cache(maxsize=8)     # one function per family.init: jax.jit's caches see the same function
-def _unboxed(init):
-  return lambda rng: nn.meta.unbox(init(rng))
-
-
 def create_state(family, mesh, seed: int):
-  """Initialise the state directly into its shardings; returns (state, shardings)."""
-  shardings = jax.tree.map(lambda x: x.sharding, abstract_state(family, mesh, seed))
+  """Initialise the state directly into its shardings; returns (state, shardings). One trace of family.init
+  serves both: jax.eval_shape's is the one jax.jit compiles (the same function), and the boxes come off after."""
+  _, shardings = _boxed_shardings(family, mesh, seed)
   # init runs once: on CPU, XLA's backend optimisation of its random draws costs far more than it saves
   options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
-  state = jax.jit(_unboxed(family.init), out_shardings=shardings, compiler_options=options)(run_keys(seed)['init'])
-  return state, shardings
+  state = jax.jit(family.init, out_shardings=shardings, compiler_options=options)(run_keys(seed)['init'])
+  return nn.meta.unbox(state), shardings

@@ -260,18 +260,21 @@ def _train(config, workdir: str, dataset: data.Dataset, family, mesh):
   checkpointing.save_spec(workdir, dataset.spec)
   keys = run_keys(config.seed)
 
-  state, state_shardings = create_state(family, mesh, config.seed)
   wire = dataset.wire or data.Wire(dataset.train_iterator, None)
   train_iter = wire.train_iterator()
   to_model = wire.to_model or (lambda batch: batch)
   mngr = checkpointing.manager(workdir, keep=config.keep_checkpoints)
   step = 0
-  if mngr.latest_step() is not None:
-    step, state = checkpointing.restore_newest_intact(mngr, abstract_state(family, mesh, config.seed), train_iter)
+  if mngr.latest_step() is not None:              # restored straight into its shardings: no init is compiled
+    abstract = abstract_state(family, mesh, config.seed)
+    state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
+    step, state = checkpointing.restore_newest_intact(mngr, abstract, train_iter)
     print(f'resumed from {workdir}/checkpoints/{step}')
-  elif config.get('init_from'):
-    state = family.seed_state(state)
-    print(f'initialised from the pretrained {config.init_from}')
+  else:
+    state, state_shardings = create_state(family, mesh, config.seed)
+    if config.get('init_from'):
+      state = family.seed_state(state)
+      print(f'initialised from the pretrained {config.init_from}')
   if step >= config.num_train_steps:
     mngr.close()
     print(f'{workdir} is already trained to step {step} (num_train_steps={config.num_train_steps})')
