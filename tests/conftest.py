@@ -38,10 +38,13 @@ def cli():
   return run_cli
 
 
-# pytest-xdist's --dist loadfile hands whole files to the workers in collection order: the slowest files first,
-# so that none of them starts when the other worker is nearly done (about a minute of idle core otherwise).
-SLOWEST_FIRST = ('test_t2i.py', 'test_reliability.py', 'test_audio.py', 'test_scale.py', 'test_stylegan.py',
-                 'test_ddpm.py', 'test_bench.py')
+# pytest-xdist's --dist loadfile hands whole files to the workers in collection order (--no-loadscope-reorder: not
+# by test count): the slowest files first (longest processing time first, costs measured on 2 cores), so that
+# none of them starts when the other worker is nearly done.
+SLOWEST_FIRST = ('test_t2i.py', 'test_reliability.py', 'test_scale.py', 'test_stylegan.py', 'test_bench.py',
+                 'test_audio.py', 'test_ddpm.py', 'test_text_vae.py', 'test_bert.py', 'test_ldm.py',
+                 'test_reliability_cli.py', 'test_gpt.py', 'test_interop.py', 'test_gan.py', 'test_trainer.py',
+                 'test_data_images.py', 'test_vae.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -74,13 +74,13 @@ def _wait_for_step(workdir, step, proc, timeout=240):
   raise TimeoutError(f'step {step} not reached')
 
 
-LONG = ('--config.num_train_steps=80', '--config.log_every_steps=1', '--config.checkpoint_every_steps=7',
+LONG = ('--config.num_train_steps=40', '--config.log_every_steps=1', '--config.checkpoint_every_steps=7',
         '--config.eval_every_steps=1000', '--config.sample_every_steps=1000')
 
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
-  """The final parameters of the 80-step run, trained without interruption."""
+  """The final parameters of the 40-step run, trained without interruption."""
   tmp = tmp_path_factory.mktemp('straight')
   proc = _spawn(tmp / 'run', tmp, *LONG)
   out, err = proc.communicate(timeout=600)
@@ -90,7 +90,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_sigkill_at_any_moment_resumes_bit_exact(tmp_path, uninterrupted):
   workdir = tmp_path / 'run'
-  for kill_at in (5, 50):                        # before any save; mid-run, around async saves (every 7 steps)
+  for kill_at in (5, 25):                        # before any save; mid-run, around async saves (every 7 steps)
     proc = _spawn(workdir, tmp_path, *LONG)
     _wait_for_step(workdir, kill_at, proc)
     proc.send_signal(signal.SIGKILL)
@@ -106,7 +106,7 @@ def test_sigkill_at_any_moment_resumes_bit_exact(tmp_path, uninterrupted):
 def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path, uninterrupted):
   workdir = tmp_path / 'run'
   proc = _spawn(workdir, tmp_path, *LONG)
-  _wait_for_step(workdir, 30, proc)
+  _wait_for_step(workdir, 15, proc)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 2
