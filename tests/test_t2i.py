@@ -229,9 +229,10 @@ def test_sampler_is_the_text_encoder_then_ddim_then_the_decoder(trained):
 
 def test_sample_cli_writes_the_prompts_images(trained, cli, tmp_path):
   out = tmp_path / 'x.png'
-  cli('sample.py', '--workdir', trained[0], '--prompt', PROMPTS[1], '--negative_prompt', 'a red bag', '--num', '2',
-      '--guidance', '3', '--steps', '2', '--out', str(out), mock_data=False)
-  images_ = jaxgen.load_sampler(trained[0])(jax.random.key(0), prompt=PROMPTS[1], num=2, guidance=3.0, steps=2,
+  # the preview's shapes (4 images, 3 steps, guidance 3): the program the fixture compiled, from the cache
+  cli('sample.py', '--workdir', trained[0], '--prompt', PROMPTS[1], '--negative_prompt', 'a red bag', '--num', '4',
+      '--guidance', '3', '--steps', '3', '--out', str(out), mock_data=False)
+  images_ = jaxgen.load_sampler(trained[0])(jax.random.key(0), prompt=PROMPTS[1], num=4, guidance=3.0, steps=3,
                                             negative_prompt='a red bag')
   np.testing.assert_array_equal(np.asarray(Image.open(out)), images.make_grid(images_))
 
