@@ -26,5 +26,5 @@ def dataset(config, spec, train: dict[str, np.ndarray], eval_batches: Callable[[
   def train_iterator():
     ds = grain.MapDataset.range(len(next(iter(train.values())))).shuffle(seed=config.seed).repeat(None)
     ds = ds.batch(config.batch_size, drop_remainder=True).map(base.ProcessRows(config))
-    return iter(ds.map(_Rows(train)).to_iter_dataset())
+    return iter(ds.map(_Rows(train)).to_iter_dataset(base.read_options(config)))
   return base.Dataset(spec, train_iterator, eval_batches)

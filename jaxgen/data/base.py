@@ -51,3 +51,10 @@ class ProcessRows(grain.transforms.Map):
 
   def map(self, batch):
     return jax.tree.map(lambda x: x[self.rows], batch)
+
+
+def read_options(config) -> grain.ReadOptions:
+  """config.data.prefetch batches read ahead, one thread each (per worker process when data.num_workers > 0);
+  0: read when asked. Not Grain's default (16 threads, 500 elements): a smoke run of 4 steps would read 500
+  batches, and every run would take CPU from its train step to read far ahead of it."""
+  return grain.ReadOptions(num_threads=config.data.prefetch, prefetch_buffer_size=config.data.prefetch)

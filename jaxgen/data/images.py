@@ -262,11 +262,6 @@ def _source(config, split: str):
   return tfds.data_source(config.data.name, split=split, data_dir=config.data.data_dir, download=False)
 
 
-def _read_options(config) -> grain.ReadOptions:
-  # One thread per buffered batch (per worker process when data.num_workers > 0); 0: read when asked.
-  return grain.ReadOptions(num_threads=config.data.prefetch, prefetch_buffer_size=config.data.prefetch)
-
-
 def _read_images(config, source, wire: bool = False) -> grain.transforms.Map:
   features = tfds.builder(config.data.name, data_dir=config.data.data_dir).info.features
   return ReadBatch(source, config.data.pixel_range, *_crop_and_size(config), labels='label' in features, wire=wire)
@@ -296,7 +291,7 @@ def train_iterator(config, read=_read_images, epochs: bool = False) -> grain.Dat
     ds = ds.map_with_index(_WithEpoch(len(source)))
   ds = ds.batch(config.batch_size, drop_remainder=True).map(base.ProcessRows(config))
   ds = ds.map(read(config, source))
-  ds = ds.to_iter_dataset(_read_options(config))
+  ds = ds.to_iter_dataset(base.read_options(config))
   if config.data.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; outside absl.app use their defaults
       flags.FLAGS.mark_as_parsed()
@@ -311,11 +306,11 @@ def eval_batches(config, read=_read_images) -> grain.IterDataset:
   num_batches = min(config.data.eval_examples, len(source)) // config.batch_size
   ds = grain.MapDataset.range(num_batches * config.batch_size).batch(config.batch_size)
   ds = ds.map(base.ProcessRows(config)).map(read(config, source))
-  return ds.to_iter_dataset(_read_options(config))
+  return ds.to_iter_dataset(base.read_options(config))
 
 
 def ordered_batches(config, split: str, read=_read_images) -> grain.IterDataset:
   """All of `split` in order, in batches of batch_size (the last one smaller), whatever this process is."""
   source = _source(config, split)
   ds = grain.MapDataset.range(len(source)).batch(config.batch_size)
-  return ds.map(read(config, source)).to_iter_dataset(_read_options(config))
+  return ds.map(read(config, source)).to_iter_dataset(base.read_options(config))

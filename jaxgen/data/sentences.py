@@ -132,7 +132,7 @@ def train_iterator(config, workdir: str):
         .batch(config.batch_size, drop_remainder=True)
         .map(base.ProcessRows(config))
         .map(_Gather(train)))
-  return iter(ds.to_iter_dataset())
+  return iter(ds.to_iter_dataset(base.read_options(config)))
 
 
 def eval_batches(config, workdir: str):
