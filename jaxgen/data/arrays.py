@@ -24,7 +24,7 @@ class _Rows(grain.transforms.Map):
 def dataset(config, spec, train: dict[str, np.ndarray], eval_batches: Callable[[], Iterable[dict]]) -> base.Dataset:
   """A Dataset training on the rows of `train` (arrays of equal length) and testing on `eval_batches()`."""
   def train_iterator():
-    ds = grain.MapDataset.range(len(next(iter(train.values())))).shuffle(seed=config.seed).repeat(None)
+    ds = base.shuffled_epochs(len(next(iter(train.values()))), config.seed)
     ds = ds.batch(config.batch_size, drop_remainder=True).map(base.ProcessRows(config))
     return iter(ds.map(_Rows(train)).to_iter_dataset(base.read_options(config)))
   return base.Dataset(spec, train_iterator, eval_batches)

@@ -4,7 +4,7 @@ feature and optionally a label): TFDS ArrayRecord files read through Grain.
 Spec: modality='image', name, image_shape (H, W, C) after data.center_crop / data.image_size, num_classes
 (0 without labels; the batches then have no 'label').
 
-Training order: a fresh permutation of the split per epoch (shuffle, then repeat), deterministic in
+Training order: a fresh permutation of the split per epoch (data.base.shuffled_epochs), deterministic in
 config.seed, cut into global batches, with the iterator position checkpointable (get_state / set_state).
 Process p of n reads the p-th of n contiguous blocks of each global batch, so the global batch (the
 concatenation over processes) is the same, row for row, whatever the number of processes.
@@ -286,7 +286,7 @@ def train_iterator(config, read=_read_images, epochs: bool = False) -> grain.Dat
   the reader gets rows [example, epoch] (B, 2) instead (to vary an example by epoch: one of its captions).
   """
   source = _source(config, 'train')
-  ds = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(None)  # reshuffled every epoch
+  ds = base.shuffled_epochs(len(source), config.seed)  # reshuffled every epoch
   if epochs:
     ds = ds.map_with_index(_WithEpoch(len(source)))
   ds = ds.batch(config.batch_size, drop_remainder=True).map(base.ProcessRows(config))

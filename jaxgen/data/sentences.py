@@ -10,8 +10,8 @@ load() writes into the workdir: tokenizer.json, data/{train,val}_sentences.npy (
 max_length)) and data/sentences_source.json (what they were made from). Batches: {'tokens': int32 (B,
 max_length)}.
 
-Training draws a fresh seeded permutation of the training sentences per epoch (Grain MapDataset.shuffle
-then repeat), deterministic and checkpointable (get_state / set_state); each process keeps its rows of every
+Training draws a fresh seeded permutation of the training sentences per epoch (data.base.shuffled_epochs),
+deterministic and checkpointable (get_state / set_state); each process keeps its rows of every
 global batch. Evaluation reads the first data.eval_examples validation sentences in order.
 """
 import json
@@ -128,7 +128,7 @@ def train_iterator(config, workdir: str):
   """Infinite checkpointable iterator of {'tokens': int32 (batch_size / process_count, max_length)}: this
   process's rows of each global batch of a per-epoch seeded permutation of the training sentences."""
   train = np.load(_rows_path(workdir, 'train'), mmap_mode='r')
-  ds = (grain.MapDataset.range(len(train)).shuffle(seed=config.seed).repeat(None)
+  ds = (base.shuffled_epochs(len(train), config.seed)
         .batch(config.batch_size, drop_remainder=True)
         .map(base.ProcessRows(config))
         .map(_Gather(train)))
