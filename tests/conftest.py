@@ -1,10 +1,15 @@
 import atexit
+import contextlib
 import gc
+import io
 import os
+import runpy
 import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
+import warnings
 
 import pytest
 
@@ -29,15 +34,59 @@ gc.set_threshold(50_000, 20, 20)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(*args, mock_data=True, check=True, timeout=300):
-  """Run `python [tests/support/mock_tfds.py] SCRIPT ARGS` from the repo root; returns CompletedProcess."""
-  prefix = [os.path.join(ROOT, 'tests', 'support', 'mock_tfds.py')] if mock_data else []
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, *prefix, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=timeout)
+def run_cli(*args, mock_data=True, check=True, timeout=300, process=False):
+  """`python [tests/support/mock_tfds.py] SCRIPT|-m MODULE ARGS` from the repo root; returns CompletedProcess.
+
+  In this process unless `process` (runpy, with sys.argv, stdout and stderr swapped and absl's flags reset
+  after; no timeout): the command's own code from its argv to its exit status, without a new interpreter's ~3 s
+  of imports. What only a process shows (signals, the installed scripts, locks between processes) starts one."""
+  if process:
+    prefix = [os.path.join(ROOT, 'tests', 'support', 'mock_tfds.py')] if mock_data else []
+    env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, *prefix, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+  else:
+    proc = _run_in_process(args, mock_data)
   if check and proc.returncode:
     raise AssertionError(f'{args} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
   return proc
+
+
+def _run_in_process(args, mock_data):
+  from absl import flags, logging
+  from jaxgen import cli                           # its --compilation_cache stays defined
+  from tests.support.mock_tfds import mock_images
+  defined, verbosity, argv, cwd = set(flags.FLAGS), logging.get_verbosity(), sys.argv, os.getcwd()
+  # JAX is running here already, so jax.distributed.initialize() would refuse: these runs are single-process
+  init_distributed, cli.init_distributed = cli.init_distributed, lambda *args: None
+  out, err = io.StringIO(), io.StringIO()
+  module = args[1] if args[0] == '-m' else None
+  sys.argv = [module or args[0], *args[2 if module else 1:]]
+  os.chdir(ROOT)
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+        mock_images() if mock_data else contextlib.nullcontext():
+      if module:                                   # (imported already by tests: runpy warns of a second copy)
+        warnings.filterwarnings('ignore', f"'{module}' found in sys.modules", RuntimeWarning)
+        runpy.run_module(module, run_name='__main__', alter_sys=True)
+      else:
+        runpy.run_path(os.path.join(ROOT, args[0]), run_name='__main__')
+    returncode = 0
+  except SystemExit as e:
+    returncode = e.code if isinstance(e.code, int) else int(e.code is not None)
+    if isinstance(e.code, str):
+      err.write(e.code + '\n')
+  except Exception:                                # what an uncaught error prints and exits with
+    err.write(traceback.format_exc())
+    returncode = 1
+  finally:
+    sys.argv, cli.init_distributed = argv, init_distributed
+    os.chdir(cwd)
+    for name in set(flags.FLAGS) - defined:        # the command's flags: the next command defines its own
+      delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+    logging.set_verbosity(verbosity)
+  return subprocess.CompletedProcess(args, returncode, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -148,9 +148,8 @@ def test_peak_flops_table_knows_accelerators_and_not_cpus():
   assert bench.peak_flops_per_device(Device('cpu', 'cpu')) is None
 
 
-def test_cli_bad_preset_is_one_line_error():
-  proc = subprocess.run([sys.executable, '-m', 'jaxgen.bench', '--config', 'configs/vae_fashion_mnist.py:nope'],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_cli_bad_preset_is_one_line_error(cli):
+  proc = cli('-m', 'jaxgen.bench', '--config', 'configs/vae_fashion_mnist.py:nope', mock_data=False, check=False)
   assert proc.returncode == 2
   errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and 'nope' in errors[0]

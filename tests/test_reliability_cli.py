@@ -35,10 +35,10 @@ def files(directory) -> dict:
           for p in sorted(root.rglob('*'))}
 
 
-def refused(cli, *args, workdir, mock_data=False) -> str:
+def refused(cli, *args, workdir, mock_data=False, process=False) -> str:
   """Run a CLI that must refuse: exit 2, stderr ending in one `error: ` line, `workdir` unchanged; that line."""
   before = files(workdir)
-  proc = cli(*args, mock_data=mock_data, check=False)
+  proc = cli(*args, mock_data=mock_data, check=False, process=process)
   assert proc.returncode == 2, proc.stderr[-3000:]
   lines = proc.stderr.strip().splitlines()
   assert lines and lines[-1].startswith('error: '), proc.stderr[-3000:]
@@ -70,7 +70,8 @@ def test_second_writer_is_refused_naming_the_holder(workdir, cli, tmp_path):
   with lock.hold(str(workdir)):                    # this test process is the first run
     holder = json.loads((workdir / 'train.lock').read_text())
     line = refused(cli, 'train.py', '--config', VAE, '--workdir', str(workdir),
-                   f'--config.data.data_dir={tmp_path}/tfds', workdir=workdir, mock_data=True)
+                   f'--config.data.data_dir={tmp_path}/tfds', workdir=workdir, mock_data=True,
+                   process=True)               # the lock is re-entrant within one process
   assert holder == dict(host=socket.gethostname(), pid=os.getpid(), started=holder['started'])
   assert line == (f'error: {workdir} is being trained by another run (pid {os.getpid()} on host '
                   f'{socket.gethostname()}, started {holder["started"]}; lock {os.path.realpath(workdir)}/train.lock)'
@@ -123,7 +124,8 @@ def test_truncated_config_json_is_refused_by_train_and_sample(workdir, cli, tmp_
               'a copy, or use a new --workdir')
   assert refused(cli, 'sample.py', '--workdir', str(workdir), workdir=workdir) == expected
   assert refused(cli, 'train.py', '--config', VAE, '--workdir', str(workdir),
-                 f'--config.data.data_dir={tmp_path}/tfds', workdir=workdir, mock_data=True) == expected
+                 f'--config.data.data_dir={tmp_path}/tfds', workdir=workdir, mock_data=True,
+                   process=True)               # the lock is re-entrant within one process == expected
 
 
 def test_config_and_spec_of_another_program_are_refused(workdir):
