@@ -35,7 +35,7 @@ demo: data
 	@echo "samples: $(WORKDIR)/samples/demo.png (training grids: $(WORKDIR)/samples/step_*.png)"
 
 test: install audio-tools
-	@# bytecode for the ~50 processes the tests start, where PYTHONDONTWRITEBYTECODE keeps Python from caching it
+	@# bytecode for the Python processes the tests start, where PYTHONDONTWRITEBYTECODE keeps Python from caching it
 	$(PY) -m compileall -q jaxgen configs
 	$(PY) -m pytest
 

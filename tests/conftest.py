@@ -16,7 +16,7 @@ import pytest
 # Tests compile many small XLA programs: skip XLA's backend optimisation (about half the compile time) and use
 # the elemental emitters, not the newer fusion emitters (a quarter less compile time on XLA:CPU).
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false')
-# ... and many of them again (a resumed run recompiles the uninterrupted run's step; CLI subprocesses compile
+# ... and many of them again (a resumed run recompiles the uninterrupted run's step; the processes tests start compile
 # what the test process did): one persistent compilation cache for the session and its subprocesses, new for
 # every session so no test reads what an older jaxgen compiled.
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
