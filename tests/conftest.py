@@ -66,9 +66,10 @@ def _run_in_process(args, mock_data):
   try:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
         mock_images() if mock_data else contextlib.nullcontext():
-      if module:                                   # (imported already by tests: runpy warns of a second copy)
-        warnings.filterwarnings('ignore', f"'{module}' found in sys.modules", RuntimeWarning)
-        runpy.run_module(module, run_name='__main__', alter_sys=True)
+      if module:
+        with warnings.catch_warnings():          # tests import it too: runpy warns of running a second copy
+          warnings.filterwarnings('ignore', f"'{module}' found in sys.modules", RuntimeWarning)
+          runpy.run_module(module, run_name='__main__', alter_sys=True)
       else:
         runpy.run_path(os.path.join(ROOT, args[0]), run_name='__main__')
     returncode = 0
