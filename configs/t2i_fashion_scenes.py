@@ -48,7 +48,7 @@ def autoencoder_config(preset: str) -> ml_collections.ConfigDict:
     smoke(c, steps=4, checkpoint=2)
     m.ch = 8
     m.ch_mult = (1, 2, 2)
-    m.num_res_blocks = 1
+    m.num_res_blocks = 0             # as at cpu: the mid and decoder ResBlocks remain
     m.norm_groups = 4
 
   return apply_preset(c, preset, cpu=cpu, smoke=smoke_)
