@@ -54,12 +54,15 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+def _train_args(workdir, tmp_path, *extra):
+  """train.py's argv for the VAE smoke run in `workdir` on the mock data under `tmp_path`."""
+  return ('train.py', '--config', VAE, '--workdir', str(workdir), f'--config.data.data_dir={tmp_path}/tfds', *extra)
+
+
 def _spawn(workdir, tmp_path, *extra):
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=ROOT)
-  return subprocess.Popen(
-      [sys.executable, 'tests/support/mock_tfds.py', 'train.py', '--config', VAE, '--workdir', str(workdir),
-       f'--config.data.data_dir={tmp_path}/tfds', *extra],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen([sys.executable, 'tests/support/mock_tfds.py', *_train_args(workdir, tmp_path, *extra)],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_step(workdir, step, proc, timeout=240):
@@ -82,7 +85,7 @@ LONG = ('--config.num_train_steps=40', '--config.log_every_steps=1', '--config.c
 def uninterrupted(tmp_path_factory):
   """The final parameters of the 40-step run, trained without interruption (the same command, in this process)."""
   tmp = tmp_path_factory.mktemp('straight')
-  run_cli('train.py', '--config', VAE, '--workdir', str(tmp / 'run'), f'--config.data.data_dir={tmp}/tfds', *LONG)
+  run_cli(*_train_args(tmp / 'run', tmp, *LONG))
   return _params(tmp / 'run')
 
 
